@@ -1,0 +1,1 @@
+//! Integration tests live in `tests/`; see README.md for how to run them.
