@@ -65,14 +65,12 @@ pub fn decode_body(body: &[u8]) -> Result<Request, DecodeError> {
     if body.len() > MAX_BODY {
         return Err(DecodeError::TooLong(body.len() as u64));
     }
-    options()
-        .deserialize(body)
-        .map_err(|e| match *e {
-            bincode::ErrorKind::Io(ref io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-                DecodeError::Truncated
-            }
-            _ => DecodeError::Body(e.to_string()),
-        })
+    options().deserialize(body).map_err(|e| match *e {
+        bincode::ErrorKind::Io(ref io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            DecodeError::Truncated
+        }
+        _ => DecodeError::Body(e.to_string()),
+    })
 }
 
 /// Read exactly `buf.len()` bytes, tolerating short reads and EINTR.

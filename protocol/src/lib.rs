@@ -9,7 +9,7 @@ mod codec;
 mod validate;
 
 pub use codec::{decode_body, read_frame, DecodeError};
-pub use validate::{validate, ValidationError};
+pub use validate::{check_path, validate, ValidationError};
 
 use serde::{Deserialize, Serialize};
 

@@ -64,7 +64,10 @@ fn oversized_length_is_refused_before_reading() {
         Err(DecodeError::TooLong(u64::from(u32::MAX)))
     );
     bytes[6..10].copy_from_slice(&((MAX_BODY as u32) + 1).to_le_bytes());
-    assert!(matches!(read_frame(&bytes[..]), Err(DecodeError::TooLong(_))));
+    assert!(matches!(
+        read_frame(&bytes[..]),
+        Err(DecodeError::TooLong(_))
+    ));
 }
 
 #[test]

@@ -1,1 +1,80 @@
-fn main() {}
+//! husk-starter: the setuid part of husk. Reads one request from fd 3,
+//! checks it against the root-owned config, builds the container in a new
+//! mount namespace, drops to the caller for good and execs the payload.
+//! See SECURITY.md for the threat model; the phases below are in order.
+
+mod config;
+mod entry;
+mod error;
+mod identity;
+mod mounts;
+mod objects;
+mod payload;
+mod privs;
+mod sys;
+
+use error::{Error, Result};
+use std::convert::Infallible;
+use std::io::Write;
+
+fn run() -> Result<Infallible> {
+    // 1. entry hygiene: stdio, setuid check, caller ids, env, umask, signals, fds
+    let caller = entry::sanitize()?;
+    // 2. the request: bounded read, strict decode, field validation
+    let req = read_request()?;
+    // 3. the admin config and the policy it sets
+    let conf = config::load()?;
+    check_policy(&req, &conf, &caller)?;
+    // 4. open the image and bind sources as the caller; keep the fds
+    let objs = objects::open_all(&req, &conf, &caller)?;
+    // 5. namespaces, image, mounts, pivot_root
+    mounts::build(&req, &caller, objs)?;
+    // 6. drop to the caller for good
+    privs::drop_for_good(&caller)?;
+    // 7. restore the caller's state and exec
+    payload::exec(&req, &caller)
+}
+
+fn read_request() -> Result<husk_protocol::Request> {
+    let pipe = sys::request_file().map_err(|e| Error::io("request", e))?;
+    let req = husk_protocol::read_frame(pipe).map_err(|e| Error::new(format!("request: {e}")))?;
+    husk_protocol::validate(&req).map_err(|e| Error::new(e.to_string()))?;
+    Ok(req)
+}
+
+fn check_policy(
+    req: &husk_protocol::Request,
+    conf: &config::Config,
+    caller: &entry::Caller,
+) -> Result<()> {
+    if caller.uid != 0 && !conf.allow_setuid {
+        return Err(Error::new(format!(
+            "setuid mode: not allowed by 'allow setuid' in {}",
+            config::CONFIG_PATH
+        )));
+    }
+    let ns = &req.namespaces;
+    for (on, flag) in [
+        (ns.pid, "--pid"),
+        (ns.ipc, "--ipc"),
+        (ns.net, "--net"),
+        (ns.uts, "--uts"),
+    ] {
+        if on {
+            return Err(Error::new(format!(
+                "{flag}: not supported by this starter yet"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn main() {
+    let err = match run() {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    // stderr may be closed or a broken pipe; the exit status still tells.
+    let _ = writeln!(std::io::stderr(), "husk: {err}");
+    sys::exit(err.code);
+}

@@ -1,0 +1,182 @@
+//! The admin config: a root-owned file at a path compiled into the starter.
+
+use crate::error::{Context, Error, Result};
+use crate::sys;
+use std::ffi::CString;
+use std::io::Read;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+/// Set at build time by `packaging/install.sh`; never read at run time.
+pub const CONFIG_PATH: &str = match option_env!("HUSK_CONFIG_PATH") {
+    Some(p) => p,
+    None => "/etc/husk/husk.conf",
+};
+
+const MAX_CONFIG: u64 = 64 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub allow_setuid: bool,
+    pub mount_home: bool,
+    pub mount_tmp: bool,
+    /// Site-wide binds: (host source, container destination).
+    pub bind_paths: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            allow_setuid: true,
+            mount_home: true,
+            mount_tmp: true,
+            bind_paths: Vec::new(),
+        }
+    }
+}
+
+/// Refuse an object unless root owns it and neither group nor others may write it.
+fn check_trusted(fd: BorrowedFd<'_>, what: &str) -> Result<sys::Stat> {
+    let st = sys::fstat(fd).ctx(|| format!("config {what}"))?;
+    if st.st_uid != 0 {
+        return Err(Error::new(format!("config {what}: not owned by root")));
+    }
+    if st.st_mode & 0o022 != 0 {
+        return Err(Error::new(format!(
+            "config {what}: writable by group or others"
+        )));
+    }
+    Ok(st)
+}
+
+/// Open the config through root-owned, non-writable directories only, with
+/// no symlink anywhere on the way.
+fn open_trusted(path: &str) -> Result<OwnedFd> {
+    let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+    let Some((file, dirs)) = comps.split_last() else {
+        return Err(Error::new("config path is empty"));
+    };
+    let dir_flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+    let mut cur = sys::open(c"/", dir_flags).ctx(|| "config /".into())?;
+    check_trusted(cur.as_fd(), "/")?;
+    let mut walked = String::new();
+    for d in dirs {
+        walked.push('/');
+        walked.push_str(d);
+        let name = CString::new(*d).map_err(|_| Error::new("config path has NUL"))?;
+        cur = sys::openat(Some(cur.as_fd()), &name, dir_flags, 0)
+            .ctx(|| format!("config {walked}"))?;
+        check_trusted(cur.as_fd(), &walked)?;
+    }
+    let name = CString::new(*file).map_err(|_| Error::new("config path has NUL"))?;
+    let fd = sys::openat(
+        Some(cur.as_fd()),
+        &name,
+        libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY,
+        0,
+    )
+    .ctx(|| format!("config {path}"))?;
+    let st = check_trusted(fd.as_fd(), path)?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(Error::new(format!("config {path}: not a regular file")));
+    }
+    Ok(fd)
+}
+
+pub fn load() -> Result<Config> {
+    let fd = open_trusted(CONFIG_PATH)?;
+    let mut text = String::new();
+    std::fs::File::from(fd)
+        .take(MAX_CONFIG + 1)
+        .read_to_string(&mut text)
+        .ctx(|| format!("config {CONFIG_PATH}"))?;
+    if text.len() as u64 > MAX_CONFIG {
+        return Err(Error::new(format!(
+            "config {CONFIG_PATH}: larger than 64 KiB"
+        )));
+    }
+    parse(&text).map_err(|e| Error::new(format!("config {CONFIG_PATH}: {e}")))
+}
+
+fn yes_no(v: &str) -> std::result::Result<bool, String> {
+    match v {
+        "yes" => Ok(true),
+        "no" => Ok(false),
+        _ => Err(format!("'{v}' is not yes or no")),
+    }
+}
+
+/// Parse the config text. Every line is blank, a `#` comment or
+/// `directive = value`; anything else is an error naming the line.
+pub fn parse(text: &str) -> std::result::Result<Config, String> {
+    let mut c = Config::default();
+    for (i, raw) in text.lines().enumerate() {
+        let n = i + 1;
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(format!("line {n}: expected 'directive = value'"));
+        };
+        let key = key.split_whitespace().collect::<Vec<_>>().join(" ");
+        let value = value.trim();
+        let r = match key.as_str() {
+            "allow setuid" => yes_no(value).map(|v| c.allow_setuid = v),
+            "mount home" => yes_no(value).map(|v| c.mount_home = v),
+            "mount tmp" => yes_no(value).map(|v| c.mount_tmp = v),
+            "bind path" => parse_bind(value).map(|b| c.bind_paths.push(b)),
+            _ => Err(format!("unknown directive '{key}'")),
+        };
+        r.map_err(|e| format!("line {n}: {e}"))?;
+    }
+    Ok(c)
+}
+
+fn parse_bind(v: &str) -> std::result::Result<(Vec<u8>, Vec<u8>), String> {
+    let (src, dst) = v.split_once(':').unwrap_or((v, v));
+    for p in [src, dst] {
+        husk_protocol::check_path("bind path", p.as_bytes())
+            .map_err(|_| format!("bind path '{p}' is not an absolute normal path"))?;
+    }
+    if dst == "/" {
+        return Err("bind path destination is the container root".into());
+    }
+    Ok((src.as_bytes().to_vec(), dst.as_bytes().to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_directives() {
+        let c = parse(
+            "# site policy\n\nallow setuid = yes\nmount  home = no\nmount tmp=no\n\
+             bind path = /etc/localtime\nbind path = /data:/mnt/data\n",
+        )
+        .unwrap();
+        assert!(c.allow_setuid && !c.mount_home && !c.mount_tmp);
+        assert_eq!(
+            c.bind_paths,
+            vec![
+                (b"/etc/localtime".to_vec(), b"/etc/localtime".to_vec()),
+                (b"/data".to_vec(), b"/mnt/data".to_vec())
+            ]
+        );
+        assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        assert_eq!(
+            parse("allow setuid = yes\nallow everything = yes\n").unwrap_err(),
+            "line 2: unknown directive 'allow everything'"
+        );
+        assert!(parse("mount home = maybe")
+            .unwrap_err()
+            .starts_with("line 1:"));
+        assert!(parse("bind path = relative").is_err());
+        assert!(parse("bind path = /a:/").is_err());
+        assert!(parse("just words").is_err());
+    }
+}

@@ -1,0 +1,51 @@
+//! Phase 1: entry hygiene. Record who called us, then put the process into a
+//! known state before reading a single byte from the caller.
+
+use crate::error::{Context, Error, Result};
+use crate::sys;
+
+/// The caller, as the kernel reports it at entry. Never taken from the request.
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    pub umask: u32,
+    pub signals: sys::SignalState,
+}
+
+pub fn sanitize() -> Result<Caller> {
+    sys::ensure_stdio().ctx(|| "reopen closed stdio".into())?;
+    let (ruid, euid, _) = sys::getresuid();
+    let (rgid, _, _) = sys::getresgid();
+    let setuid = sys::at_secure() && euid == 0;
+    let root = ruid == 0 && euid == 0;
+    if !setuid && !root {
+        return Err(Error::new(
+            "husk-starter must be installed setuid root (this one runs without privileges)",
+        ));
+    }
+    let groups = sys::getgroups().ctx(|| "getgroups".into())?;
+    sys::clearenv();
+    let umask = sys::umask(0o077);
+    let signals = sys::reset_signals().ctx(|| "reset signals".into())?;
+    sys::chdir(c"/").ctx(|| "chdir /".into())?;
+    sys::close_from(sys::REQUEST_FD as u32 + 1).ctx(|| "close inherited fds".into())?;
+    sys::set_no_new_privs().ctx(|| "set no_new_privs".into())?;
+    sys::set_not_dumpable().ctx(|| "set not dumpable".into())?;
+    Ok(Caller {
+        uid: ruid,
+        gid: rgid,
+        groups,
+        umask,
+        signals,
+    })
+}
+
+/// Run `f` with the caller's filesystem uid and gid, so that the kernel
+/// checks every path lookup and open against the caller's rights.
+pub fn as_caller<T>(caller: &Caller, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    sys::set_fs_ids(caller.uid, caller.gid).ctx(|| "switch to caller's fs ids".into())?;
+    let r = f();
+    sys::set_fs_ids(0, 0).ctx(|| "switch back from caller's fs ids".into())?;
+    r
+}

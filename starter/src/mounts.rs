@@ -1,0 +1,322 @@
+//! Phase 5: a private mount namespace, the image, the container's mounts and
+//! `pivot_root`. Every mount target is resolved component by component from
+//! the container root without following symlinks, and every mount is made
+//! on an fd, never on a path the caller could change.
+
+use crate::entry::{as_caller, Caller};
+use crate::error::{show, Context, Error, Result};
+use crate::identity;
+use crate::objects::{Image, Objects, Source};
+use crate::sys;
+use husk_protocol::{ImageKind, Request};
+use std::ffi::{CStr, CString};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+/// Where the starter builds the container inside its own mount namespace: a
+/// fresh tmpfs mounted over the host's /tmp (whose fd was opened earlier).
+const STAGE: &CStr = c"/tmp";
+const LOWER: &CStr = c"/tmp/lower";
+const ROOT: &CStr = c"/tmp/root";
+const OVERLAY_OPTS: &CStr = c"lowerdir=/tmp/lower,upperdir=/tmp/upper,workdir=/tmp/work";
+
+const MAX_IDENTITY_FILE: u64 = 1 << 20;
+
+pub fn build(req: &Request, caller: &Caller, objs: Objects) -> Result<()> {
+    sys::unshare(libc::CLONE_NEWNS).ctx(|| "unshare mount namespace".into())?;
+    sys::mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None)
+        .ctx(|| "make / private".into())?;
+    sys::umask(0);
+    stage()?;
+    attach_image(&objs.image)?;
+    sys::mount(
+        Some(c"overlay"),
+        ROOT,
+        Some(c"overlay"),
+        libc::MS_NOSUID | libc::MS_NODEV,
+        Some(OVERLAY_OPTS),
+    )
+    .ctx(|| "mount container root overlay".into())?;
+    let root = sys::open(ROOT, libc::O_PATH | libc::O_DIRECTORY).ctx(|| "open root".into())?;
+    let tree = Tree {
+        overlay_dev: sys::fstat(root.as_fd()).ctx(|| "stat root".into())?.st_dev,
+        root,
+    };
+
+    write_identity(&tree, req, caller)?;
+
+    let proc_sys = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV | sys::MOUNT_ATTR_NOEXEC;
+    tree.bind(objs.proc_.as_fd(), b"/proc", true, proc_sys)?;
+    tree.bind(objs.sys_.as_fd(), b"/sys", true, proc_sys)?;
+    // Devices must work under /dev; setuid files must not.
+    tree.bind(objs.dev.as_fd(), b"/dev", true, sys::MOUNT_ATTR_NOSUID)?;
+    let sources = objs
+        .etc_files
+        .iter()
+        .chain(&objs.home)
+        .chain(&objs.tmp)
+        .chain(&objs.site_binds)
+        .chain(&objs.binds);
+    for s in sources {
+        tree.bind_source(s)?;
+    }
+
+    let ro = sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
+    sys::set_mount_attrs(tree.root.as_fd(), ro, false).ctx(|| "make root read-only".into())?;
+    enter(ROOT)
+}
+
+/// A private tmpfs for the overlay's upper and work directories.
+fn stage() -> Result<()> {
+    sys::mount(
+        Some(c"husk"),
+        STAGE,
+        Some(c"tmpfs"),
+        libc::MS_NOSUID | libc::MS_NODEV,
+        Some(c"mode=0700,size=64m"),
+    )
+    .ctx(|| "mount staging tmpfs".into())?;
+    let stage = sys::open(STAGE, libc::O_PATH | libc::O_DIRECTORY).ctx(|| "open staging".into())?;
+    for (name, mode) in [
+        (c"lower", 0o755),
+        (c"upper", 0o755),
+        (c"work", 0o700),
+        (c"root", 0o755),
+    ] {
+        sys::mkdirat(stage.as_fd(), name, mode).ctx(|| format!("mkdir staging {name:?}"))?;
+    }
+    Ok(())
+}
+
+/// Mount the image, read-only, nosuid, nodev, at `LOWER`.
+fn attach_image(img: &Image) -> Result<()> {
+    let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
+    if img.kind == ImageKind::Dir {
+        let t = sys::clone_tree(img.fd.as_fd(), false).ctx(|| "clone image directory".into())?;
+        let attrs = sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
+        sys::set_mount_attrs(t.as_fd(), attrs, false).ctx(|| "image mount flags".into())?;
+        let lower =
+            sys::open(LOWER, libc::O_PATH | libc::O_DIRECTORY).ctx(|| "open lower".into())?;
+        return sys::move_mount_to(t.as_fd(), lower.as_fd()).ctx(|| "mount image directory".into());
+    }
+    let (_loop_fd, dev) = attach_loop(img)?;
+    sys::mount(Some(&dev), LOWER, Some(c"squashfs"), flags, None)
+        .ctx(|| "mount squashfs image".into())
+    // The loop device's fd closes here; with autoclear the device goes away
+    // as soon as the mount does (when the last process in the namespace exits).
+}
+
+fn attach_loop(img: &Image) -> Result<(OwnedFd, CString)> {
+    let control =
+        sys::open(c"/dev/loop-control", libc::O_RDWR).ctx(|| "open /dev/loop-control".into())?;
+    let mut last = None;
+    // Another process may take the free device between the two calls: retry.
+    for _ in 0..16 {
+        let n = sys::loop_get_free(control.as_fd()).ctx(|| "find a free loop device".into())?;
+        let dev = CString::new(format!("/dev/loop{n}")).map_err(|_| Error::new("loop path"))?;
+        let fd =
+            sys::open(&dev, libc::O_RDONLY).ctx(|| format!("open {}", dev.to_string_lossy()))?;
+        match sys::loop_configure(fd.as_fd(), img.fd.as_fd(), img.offset, img.size) {
+            Ok(()) => return Ok((fd, dev)),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => last = Some(e),
+            Err(e) => return Err(Error::io("configure loop device", e)),
+        }
+    }
+    Err(Error::io(
+        "configure loop device",
+        last.unwrap_or_else(|| std::io::Error::other("busy")),
+    ))
+}
+
+/// The container root and the device number of its overlay: directories on
+/// that device may be changed by the starter; any other (a host bind) never.
+struct Tree {
+    root: OwnedFd,
+    overlay_dev: libc::dev_t,
+}
+
+fn kind(st: &sys::Stat) -> libc::mode_t {
+    st.st_mode & libc::S_IFMT
+}
+
+impl Tree {
+    fn on_overlay(&self, dir: BorrowedFd<'_>) -> Result<bool> {
+        Ok(sys::fstat(dir).ctx(|| "stat mount target".into())?.st_dev == self.overlay_dev)
+    }
+
+    /// Open `path` inside the container as a mount target of the wanted
+    /// kind, creating missing components in the overlay. A symlink or a
+    /// non-directory in the way is replaced when it lies in the overlay, and
+    /// refused when it lies in a host bind.
+    fn target(&self, path: &[u8], want_dir: bool) -> Result<OwnedFd> {
+        let p = show(path);
+        let comps: Vec<&[u8]> = path
+            .split(|&b| b == b'/')
+            .filter(|c| !c.is_empty())
+            .collect();
+        let mut cur = sys::openat(
+            Some(self.root.as_fd()),
+            c".",
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        )
+        .ctx(|| "open root".into())?;
+        for (i, comp) in comps.iter().enumerate() {
+            let last = i + 1 == comps.len();
+            let dir_here = !last || want_dir;
+            let name =
+                CString::new(*comp).map_err(|_| Error::new(format!("mount target {p}: NUL")))?;
+            let existing =
+                match sys::openat(Some(cur.as_fd()), &name, libc::O_PATH | libc::O_NOFOLLOW, 0) {
+                    Ok(fd) => Some(fd),
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => None,
+                    Err(e) => return Err(Error::io(format!("mount target {p}"), e)),
+                };
+            let next = match existing {
+                Some(fd) => {
+                    let k = kind(&sys::fstat(fd.as_fd()).ctx(|| format!("mount target {p}"))?);
+                    let fits = if dir_here {
+                        k == libc::S_IFDIR
+                    } else {
+                        k != libc::S_IFDIR && k != libc::S_IFLNK
+                    };
+                    if fits {
+                        fd
+                    } else if k == libc::S_IFDIR {
+                        return Err(Error::new(format!(
+                            "mount target {p}: is a directory, the source is a file"
+                        )));
+                    } else if self.on_overlay(cur.as_fd())? {
+                        sys::unlinkat(cur.as_fd(), &name, 0)
+                            .ctx(|| format!("replace mount target {p}"))?;
+                        self.create(cur.as_fd(), &name, dir_here, &p)?
+                    } else {
+                        return Err(Error::new(format!(
+                            "mount target {p}: a symlink or file inside a bind is in the way"
+                        )));
+                    }
+                }
+                None if self.on_overlay(cur.as_fd())? => {
+                    self.create(cur.as_fd(), &name, dir_here, &p)?
+                }
+                None => {
+                    return Err(Error::new(format!(
+                        "mount target {p}: does not exist inside the bind that holds it"
+                    )))
+                }
+            };
+            cur = next;
+        }
+        Ok(cur)
+    }
+
+    fn create(&self, dir: BorrowedFd<'_>, name: &CStr, is_dir: bool, p: &str) -> Result<OwnedFd> {
+        if is_dir {
+            sys::mkdirat(dir, name, 0o755).ctx(|| format!("create mount point {p}"))?;
+        } else {
+            let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
+            sys::openat(Some(dir), name, flags, 0o644).ctx(|| format!("create mount point {p}"))?;
+        }
+        sys::openat(Some(dir), name, libc::O_PATH | libc::O_NOFOLLOW, 0)
+            .ctx(|| format!("open mount point {p}"))
+    }
+
+    /// Bind the host object `src` at `dst` with the given mount attributes.
+    fn bind(&self, src: BorrowedFd<'_>, dst: &[u8], is_dir: bool, attrs: u64) -> Result<()> {
+        let what = || format!("bind {}", show(dst));
+        let target = self.target(dst, is_dir)?;
+        let t = sys::clone_tree(src, true).ctx(what)?;
+        sys::set_mount_attrs(t.as_fd(), attrs, true).ctx(what)?;
+        sys::move_mount_to(t.as_fd(), target.as_fd()).ctx(what)
+    }
+
+    fn bind_source(&self, s: &Source) -> Result<()> {
+        let mut attrs = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
+        if s.readonly {
+            attrs |= sys::MOUNT_ATTR_RDONLY;
+        }
+        self.bind(s.fd.as_fd(), &s.dst, s.is_dir, attrs)
+    }
+}
+
+/// Read a small regular file of the image as the caller (so that a link to a
+/// file the caller may not read yields nothing). Missing means empty.
+fn read_image_file(dir: BorrowedFd<'_>, name: &CStr) -> Result<Vec<u8>> {
+    let what = || format!("image /etc/{}", name.to_string_lossy());
+    let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY;
+    let fd = match sys::openat(Some(dir), name, flags, 0) {
+        Ok(fd) => fd,
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOENT | libc::ELOOP | libc::EACCES)
+            ) =>
+        {
+            return Ok(Vec::new())
+        }
+        Err(e) => return Err(Error::io(what(), e)),
+    };
+    if kind(&sys::fstat(fd.as_fd()).ctx(what)?) != libc::S_IFREG {
+        return Ok(Vec::new());
+    }
+    let mut data = Vec::new();
+    std::fs::File::from(fd)
+        .take(MAX_IDENTITY_FILE)
+        .read_to_end(&mut data)
+        .ctx(what)?;
+    Ok(data)
+}
+
+fn write_file(dir: BorrowedFd<'_>, name: &CStr, data: &[u8]) -> Result<()> {
+    let what = || format!("write /etc/{}", name.to_string_lossy());
+    match sys::unlinkat(dir, name, 0) {
+        Err(e) if e.raw_os_error() != Some(libc::ENOENT) => return Err(Error::io(what(), e)),
+        _ => {}
+    }
+    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
+    let fd = sys::openat(Some(dir), name, flags, 0o644).ctx(what)?;
+    std::fs::File::from(fd).write_all(data).ctx(what)
+}
+
+/// Generated `/etc/passwd` and `/etc/group`, written into the overlay.
+fn write_identity(tree: &Tree, req: &Request, caller: &Caller) -> Result<()> {
+    let etc = tree.target(b"/etc", true)?;
+    let (pw, gr) = as_caller(caller, || {
+        Ok((
+            read_image_file(etc.as_fd(), c"passwd")?,
+            read_image_file(etc.as_fd(), c"group")?,
+        ))
+    })?;
+    let home = req.home.as_ref().map_or(&b"/"[..], |h| &h.dst[..]);
+    let user = identity::User {
+        name: &req.identity.user_name,
+        uid: caller.uid,
+        gid: caller.gid,
+        gecos: &req.identity.gecos,
+        home,
+    };
+    // Only groups the kernel says the caller has; names from the host.
+    let mut gids = vec![caller.gid];
+    gids.extend(caller.groups.iter().filter(|&&g| g != caller.gid));
+    let groups: Vec<(u32, &[u8])> = gids
+        .iter()
+        .filter_map(|&g| {
+            let name = req.identity.groups.iter().find(|n| n.gid == g)?;
+            Some((g, &name.name[..]))
+        })
+        .collect();
+    write_file(etc.as_fd(), c"passwd", &identity::passwd(&pw, &user))?;
+    write_file(
+        etc.as_fd(),
+        c"group",
+        &identity::group(&gr, &req.identity.user_name, &groups),
+    )
+}
+
+/// Make `new_root` the root of this mount namespace and drop the old one.
+fn enter(new_root: &CStr) -> Result<()> {
+    sys::chdir(new_root).ctx(|| "chdir to container root".into())?;
+    sys::pivot_root(c".", c".").ctx(|| "pivot_root".into())?;
+    sys::umount_detach(c".").ctx(|| "detach old root".into())?;
+    sys::chdir(c"/").ctx(|| "chdir /".into())
+}

@@ -1,0 +1,212 @@
+//! Phase 4: open every object the request names, as the caller, and keep the
+//! fds. From here on the starter uses these fds, never the names again.
+
+use crate::config::Config;
+use crate::entry::{as_caller, Caller};
+use crate::error::{show, Context, Error, Result};
+use crate::sys;
+use husk_protocol::{Bind, ImageKind, Request};
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
+pub struct Image {
+    pub fd: OwnedFd,
+    pub kind: ImageKind,
+    /// For file images: the squashfs extent inside the file.
+    pub offset: u64,
+    pub size: u64,
+}
+
+/// A host object to bind into the container at `dst`.
+pub struct Source {
+    pub fd: OwnedFd,
+    pub dst: Vec<u8>,
+    pub is_dir: bool,
+    pub readonly: bool,
+}
+
+pub struct Objects {
+    pub image: Image,
+    /// Host /proc, /sys and /dev (recursive binds).
+    pub proc_: OwnedFd,
+    pub sys_: OwnedFd,
+    pub dev: OwnedFd,
+    /// Host files that give the container the host's network names and time.
+    pub etc_files: Vec<Source>,
+    pub home: Option<Source>,
+    pub tmp: Vec<Source>,
+    pub site_binds: Vec<Source>,
+    pub binds: Vec<Source>,
+}
+
+fn cpath(what: &str, p: &[u8]) -> Result<CString> {
+    CString::new(p).map_err(|_| Error::new(format!("{what}: path contains NUL")))
+}
+
+fn is_type(st: &sys::Stat, t: libc::mode_t) -> bool {
+    st.st_mode & libc::S_IFMT == t
+}
+
+/// Lookup failures give one message whether the object is missing or
+/// hidden from the caller, so that the starter is no oracle (attack class 8).
+fn open_failed(what: String, e: io::Error) -> Error {
+    match e.raw_os_error() {
+        Some(libc::ENOENT | libc::EACCES | libc::ENOTDIR | libc::ELOOP | libc::EPERM) => {
+            Error::new(format!("{what}: not found or not accessible"))
+        }
+        _ => Error::io(what, e),
+    }
+}
+
+fn open_image(req: &Request) -> Result<Image> {
+    let path = cpath("image", &req.image.path)?;
+    let what = || format!("image {}", show(&req.image.path));
+    let dir = req.image.kind == ImageKind::Dir;
+    let flags = libc::O_RDONLY
+        | libc::O_NOCTTY
+        | libc::O_NONBLOCK
+        | if dir { libc::O_DIRECTORY } else { 0 };
+    let fd = sys::open(&path, flags).map_err(|e| open_failed(what(), e))?;
+    let st = sys::fstat(fd.as_fd()).ctx(what)?;
+    let (offset, size) = match req.image.kind {
+        ImageKind::Dir => {
+            return Ok(Image {
+                fd,
+                kind: ImageKind::Dir,
+                offset: 0,
+                size: 0,
+            })
+        }
+        ImageKind::Sif { offset, size } => (offset, size),
+        ImageKind::Squashfs => (0, st.st_size as u64),
+    };
+    if !is_type(&st, libc::S_IFREG) {
+        return Err(Error::new(format!("{}: not a regular file", what())));
+    }
+    let end = offset.checked_add(size);
+    if size == 0 || end.is_none_or(|end| end > st.st_size as u64) {
+        return Err(Error::new(format!(
+            "{}: squashfs partition lies outside the file",
+            what()
+        )));
+    }
+    let mut magic = [0u8; 4];
+    let n = sys::pread(fd.as_fd(), &mut magic, offset).ctx(what)?;
+    if n != 4 || &magic != b"hsqs" {
+        return Err(Error::new(format!(
+            "{}: no squashfs filesystem at offset {offset}",
+            what()
+        )));
+    }
+    Ok(Image {
+        fd,
+        kind: req.image.kind,
+        offset,
+        size,
+    })
+}
+
+/// Open a bind source as the caller: it must exist, be a directory or a
+/// regular file, and be readable by the caller.
+fn open_bind_source(what: &str, b: &Bind) -> Result<Source> {
+    let what = format!("{what} {}", show(&b.src));
+    let path = cpath(&what, &b.src)?;
+    let fd = sys::open(&path, libc::O_PATH).map_err(|e| open_failed(what.clone(), e))?;
+    let st = sys::fstat(fd.as_fd()).ctx(|| what.clone())?;
+    let is_dir = is_type(&st, libc::S_IFDIR);
+    if is_dir {
+        sys::openat(
+            Some(fd.as_fd()),
+            c".",
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            0,
+        )
+        .map_err(|e| open_failed(what.clone(), e))?;
+    } else if is_type(&st, libc::S_IFREG) {
+        let again = CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .map_err(|_| Error::new("fd path"))?;
+        sys::open(&again, libc::O_RDONLY | libc::O_NOCTTY | libc::O_NONBLOCK)
+            .map_err(|e| open_failed(what.clone(), e))?;
+    } else {
+        return Err(Error::new(format!(
+            "{what}: not a directory or regular file"
+        )));
+    }
+    Ok(Source {
+        fd,
+        dst: b.dst.clone(),
+        is_dir,
+        readonly: b.readonly,
+    })
+}
+
+/// Open a host path as root (system mounts and the admin's binds).
+/// Missing objects are skipped: not every host has /etc/localtime.
+fn open_system(path: &[u8], dst: &[u8]) -> Result<Option<Source>> {
+    let what = format!("host {}", show(path));
+    let fd = match sys::open(&cpath(&what, path)?, libc::O_PATH) {
+        Ok(fd) => fd,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+        Err(e) => return Err(Error::io(what, e)),
+    };
+    let st = sys::fstat(fd.as_fd()).ctx(|| what.clone())?;
+    let is_dir = is_type(&st, libc::S_IFDIR);
+    if !is_dir && !is_type(&st, libc::S_IFREG) {
+        return Err(Error::new(format!(
+            "{what}: not a directory or regular file"
+        )));
+    }
+    Ok(Some(Source {
+        fd,
+        dst: dst.to_vec(),
+        is_dir,
+        readonly: false,
+    }))
+}
+
+fn open_system_dir(path: &'static std::ffi::CStr) -> Result<OwnedFd> {
+    sys::open(path, libc::O_PATH | libc::O_DIRECTORY)
+        .ctx(|| format!("host {}", path.to_string_lossy()))
+}
+
+pub fn open_all(req: &Request, conf: &Config, caller: &Caller) -> Result<Objects> {
+    let (image, home, binds) = as_caller(caller, || {
+        let image = open_image(req)?;
+        let home = match &req.home {
+            Some(h) if conf.mount_home => Some(open_bind_source("home", h)?),
+            _ => None,
+        };
+        let binds = req
+            .binds
+            .iter()
+            .map(|b| open_bind_source("bind source", b))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((image, home, binds))
+    })?;
+    let mut etc_files = Vec::new();
+    for f in ["/etc/resolv.conf", "/etc/hosts", "/etc/localtime"] {
+        etc_files.extend(open_system(f.as_bytes(), f.as_bytes())?);
+    }
+    let mut tmp = Vec::new();
+    if req.mount_tmp && conf.mount_tmp {
+        for d in ["/tmp", "/var/tmp"] {
+            tmp.extend(open_system(d.as_bytes(), d.as_bytes())?);
+        }
+    }
+    let mut site_binds = Vec::new();
+    for (src, dst) in &conf.bind_paths {
+        site_binds.extend(open_system(src, dst)?);
+    }
+    Ok(Objects {
+        image,
+        proc_: open_system_dir(c"/proc")?,
+        sys_: open_system_dir(c"/sys")?,
+        dev: open_system_dir(c"/dev")?,
+        etc_files,
+        home,
+        tmp,
+        site_binds,
+        binds,
+    })
+}

@@ -1,0 +1,561 @@
+//! Every system call the starter makes that needs `unsafe`, each in a small
+//! wrapper returning `io::Result`. Nothing else in the starter uses `unsafe`.
+
+use std::ffi::{CStr, CString};
+use std::fs::File;
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr::{null, null_mut};
+
+pub use libc::stat as Stat;
+
+/// The fd on which the frontend hands over the request.
+pub const REQUEST_FD: RawFd = 3;
+
+fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+fn cvt_long(r: libc::c_long) -> io::Result<libc::c_long> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// Run `f` until it does not fail with EINTR.
+fn retry<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    loop {
+        match f() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            r => return r,
+        }
+    }
+}
+
+// ---- process state -------------------------------------------------------
+
+/// True when the kernel started us in secure-execution mode (setuid/setgid).
+pub fn at_secure() -> bool {
+    // SAFETY: getauxval reads the auxiliary vector; no memory is passed.
+    unsafe { libc::getauxval(libc::AT_SECURE) != 0 }
+}
+
+pub fn getresuid() -> (u32, u32, u32) {
+    let (mut r, mut e, mut s) = (0, 0, 0);
+    // SAFETY: three valid out-pointers to uid_t; getresuid cannot fail with them.
+    unsafe { libc::getresuid(&mut r, &mut e, &mut s) };
+    (r, e, s)
+}
+
+pub fn getresgid() -> (u32, u32, u32) {
+    let (mut r, mut e, mut s) = (0, 0, 0);
+    // SAFETY: three valid out-pointers to gid_t; getresgid cannot fail with them.
+    unsafe { libc::getresgid(&mut r, &mut e, &mut s) };
+    (r, e, s)
+}
+
+pub fn getgroups() -> io::Result<Vec<u32>> {
+    // SAFETY: size 0 with a null list only asks for the count.
+    let n = cvt(unsafe { libc::getgroups(0, null_mut()) })?;
+    let mut v = vec![0u32; n as usize];
+    // SAFETY: v has room for n entries, and n is passed as its size.
+    let got = cvt(unsafe { libc::getgroups(n, v.as_mut_ptr()) })?;
+    v.truncate(got as usize);
+    Ok(v)
+}
+
+pub fn umask(mask: u32) -> u32 {
+    // SAFETY: umask only swaps the process's mask.
+    unsafe { libc::umask(mask) }
+}
+
+/// Signal state inherited from the caller, restored just before exec.
+pub struct SignalState {
+    ignored: Vec<libc::c_int>,
+    mask: libc::sigset_t,
+}
+
+/// Set every signal to its default action and unblock all; return what the
+/// caller had so that it can be restored for the payload.
+pub fn reset_signals() -> io::Result<SignalState> {
+    let mut ignored = Vec::new();
+    for sig in 1..libc::SIGRTMAX() + 1 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: a zeroed sigaction is a valid "default, no flags" action,
+        // and `old` is a valid out-pointer.
+        let (mut act, mut old): (libc::sigaction, libc::sigaction) =
+            unsafe { (zeroed(), zeroed()) };
+        act.sa_sigaction = libc::SIG_DFL;
+        // SAFETY: both pointers are valid; sig is in range. Signals the kernel
+        // reserves (glibc's internal ones) fail with EINVAL, which is ignored.
+        if unsafe { libc::sigaction(sig, &act, &mut old) } == 0 && old.sa_sigaction == libc::SIG_IGN
+        {
+            ignored.push(sig);
+        }
+    }
+    // SAFETY: `empty` and `mask` are valid sigset_t storage.
+    let (mut empty, mut mask): (libc::sigset_t, libc::sigset_t) = unsafe { (zeroed(), zeroed()) };
+    // SAFETY: `empty` is valid storage for sigemptyset.
+    unsafe { libc::sigemptyset(&mut empty) };
+    // SAFETY: valid pointers to sigset_t.
+    cvt(unsafe { libc::sigprocmask(libc::SIG_SETMASK, &empty, &mut mask) })?;
+    Ok(SignalState { ignored, mask })
+}
+
+pub fn restore_signals(state: &SignalState) -> io::Result<()> {
+    for &sig in &state.ignored {
+        // SAFETY: zeroed sigaction with SIG_IGN is a valid action; sig was
+        // accepted by sigaction before.
+        let mut act: libc::sigaction = unsafe { zeroed() };
+        act.sa_sigaction = libc::SIG_IGN;
+        // SAFETY: valid pointer; old action not requested.
+        cvt(unsafe { libc::sigaction(sig, &act, null_mut()) })?;
+    }
+    // SAFETY: a valid sigset_t recorded at entry.
+    cvt(unsafe { libc::sigprocmask(libc::SIG_SETMASK, &state.mask, null_mut()) })?;
+    Ok(())
+}
+
+/// Make sure fds 0, 1 and 2 are open, so that nothing we open lands there.
+pub fn ensure_stdio() -> io::Result<()> {
+    for fd in 0..3 {
+        // SAFETY: F_GETFD on any number only queries.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            // SAFETY: a constant NUL-terminated path.
+            let got = cvt(unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) })?;
+            if got != fd {
+                return Err(io::Error::other("stdio fd could not be reopened"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Close every fd numbered `first` or above.
+pub fn close_from(first: u32) -> io::Result<()> {
+    // SAFETY: closes fds by number; callers own no fds above `first` they still use.
+    cvt(unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0) } as libc::c_int)?;
+    Ok(())
+}
+
+pub fn set_no_new_privs() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    cvt(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })?;
+    Ok(())
+}
+
+pub fn set_not_dumpable() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    cvt(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) })?;
+    Ok(())
+}
+
+/// Take ownership of the request fd.
+pub fn request_file() -> io::Result<File> {
+    let st = fstat_raw(REQUEST_FD)?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFIFO {
+        return Err(io::Error::other("fd 3 is not a pipe"));
+    }
+    // SAFETY: fd 3 is open (fstat succeeded) and nothing else in the
+    // process owns it.
+    Ok(unsafe { File::from_raw_fd(REQUEST_FD) })
+}
+
+fn fstat_raw(fd: RawFd) -> io::Result<Stat> {
+    // SAFETY: zeroed stat is valid out storage.
+    let mut st: Stat = unsafe { zeroed() };
+    // SAFETY: st is a valid out-pointer.
+    cvt(unsafe { libc::fstat(fd, &mut st) })?;
+    Ok(st)
+}
+
+pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<Stat> {
+    fstat_raw(fd.as_raw_fd())
+}
+
+pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let off = i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    retry(|| {
+        // SAFETY: buf is valid for buf.len() bytes of writes.
+        let n = unsafe { libc::pread(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), off) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    })
+}
+
+// ---- filesystem credentials ------------------------------------------------
+
+/// Set the filesystem uid and gid; returns an error unless both took effect.
+pub fn set_fs_ids(uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: setfsgid/setfsuid take integers; the kernel never fails them
+    // outright, so each result is checked by asking again with an invalid id.
+    unsafe {
+        libc::setfsgid(gid);
+        libc::setfsuid(uid);
+        let now_gid = libc::setfsgid(u32::MAX) as u32;
+        let now_uid = libc::setfsuid(u32::MAX) as u32;
+        if now_uid != uid || now_gid != gid {
+            return Err(io::Error::other("setfsuid/setfsgid did not take effect"));
+        }
+    }
+    Ok(())
+}
+
+// ---- files ---------------------------------------------------------------
+
+pub fn open(path: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
+    openat(None, path, flags, 0)
+}
+
+pub fn openat(
+    dir: Option<BorrowedFd<'_>>,
+    path: &CStr,
+    flags: libc::c_int,
+    mode: libc::mode_t,
+) -> io::Result<OwnedFd> {
+    let dirfd = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
+    let fd = retry(|| {
+        // SAFETY: path is NUL-terminated; dirfd is valid or AT_FDCWD.
+        cvt(unsafe { libc::openat(dirfd, path.as_ptr(), flags | libc::O_CLOEXEC, mode) })
+    })?;
+    // SAFETY: openat returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+pub fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: libc::mode_t) -> io::Result<()> {
+    // SAFETY: name is NUL-terminated, dir is a valid fd.
+    cvt(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) })?;
+    Ok(())
+}
+
+pub fn unlinkat(dir: BorrowedFd<'_>, name: &CStr, flags: libc::c_int) -> io::Result<()> {
+    // SAFETY: name is NUL-terminated, dir is a valid fd.
+    cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) })?;
+    Ok(())
+}
+
+pub fn chdir(path: &CStr) -> io::Result<()> {
+    // SAFETY: path is NUL-terminated.
+    cvt(unsafe { libc::chdir(path.as_ptr()) })?;
+    Ok(())
+}
+
+// ---- namespaces and mounts ---------------------------------------------------
+
+pub fn unshare(flags: libc::c_int) -> io::Result<()> {
+    // SAFETY: integer flags only.
+    cvt(unsafe { libc::unshare(flags) })?;
+    Ok(())
+}
+
+pub fn mount(
+    src: Option<&CStr>,
+    target: &CStr,
+    fstype: Option<&CStr>,
+    flags: libc::c_ulong,
+    data: Option<&CStr>,
+) -> io::Result<()> {
+    // SAFETY: every pointer is NUL-terminated or null, as mount(2) allows.
+    cvt(unsafe {
+        libc::mount(
+            src.map_or(null(), |s| s.as_ptr()),
+            target.as_ptr(),
+            fstype.map_or(null(), |s| s.as_ptr()),
+            flags,
+            data.map_or(null(), |s| s.as_ptr().cast()),
+        )
+    })?;
+    Ok(())
+}
+
+pub fn umount_detach(target: &CStr) -> io::Result<()> {
+    // SAFETY: target is NUL-terminated.
+    cvt(unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) })?;
+    Ok(())
+}
+
+pub fn pivot_root(new_root: &CStr, put_old: &CStr) -> io::Result<()> {
+    // SAFETY: both paths are NUL-terminated.
+    cvt_long(unsafe { libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr()) })?;
+    Ok(())
+}
+
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+const AT_EMPTY_PATH: libc::c_uint = 0x1000;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
+pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
+pub const MOUNT_ATTR_NODEV: u64 = 0x4;
+pub const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// A detached copy of the mount tree at `fd` (like a bind mount not yet attached).
+pub fn clone_tree(fd: BorrowedFd<'_>, recursive: bool) -> io::Result<OwnedFd> {
+    let mut flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | AT_EMPTY_PATH;
+    if recursive {
+        flags |= AT_RECURSIVE;
+    }
+    // SAFETY: an empty NUL-terminated path with AT_EMPTY_PATH names `fd` itself.
+    let r = unsafe { libc::syscall(libc::SYS_open_tree, fd.as_raw_fd(), c"".as_ptr(), flags) };
+    let newfd = cvt_long(r)? as RawFd;
+    // SAFETY: open_tree returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(newfd) })
+}
+
+/// Set mount attributes on the mount (and with `recursive`, its sub-mounts) at `fd`.
+pub fn set_mount_attrs(fd: BorrowedFd<'_>, set: u64, recursive: bool) -> io::Result<()> {
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let mut flags = AT_EMPTY_PATH;
+    if recursive {
+        flags |= AT_RECURSIVE;
+    }
+    // SAFETY: attr is a valid mount_attr of the size passed; empty path names fd.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            size_of::<MountAttr>(),
+        )
+    };
+    cvt_long(r)?;
+    Ok(())
+}
+
+/// Attach the detached mount `tree` on top of the object `target` refers to.
+pub fn move_mount_to(tree: BorrowedFd<'_>, target: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: empty paths with the *_EMPTY_PATH flags name the two fds.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            target.as_raw_fd(),
+            c"".as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    };
+    cvt_long(r)?;
+    Ok(())
+}
+
+// ---- loop devices ------------------------------------------------------------
+
+const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
+const LO_FLAGS_READ_ONLY: u32 = 1;
+const LO_FLAGS_AUTOCLEAR: u32 = 4;
+
+#[repr(C)]
+struct LoopInfo64 {
+    lo_device: u64,
+    lo_inode: u64,
+    lo_rdevice: u64,
+    lo_offset: u64,
+    lo_sizelimit: u64,
+    lo_number: u32,
+    lo_encrypt_type: u32,
+    lo_encrypt_key_size: u32,
+    lo_flags: u32,
+    lo_file_name: [u8; 64],
+    lo_crypt_name: [u8; 64],
+    lo_encrypt_key: [u8; 32],
+    lo_init: [u64; 2],
+}
+
+#[repr(C)]
+struct LoopConfig {
+    fd: u32,
+    block_size: u32,
+    info: LoopInfo64,
+    reserved: [u64; 8],
+}
+
+/// Ask the kernel for a free loop device number.
+pub fn loop_get_free(control: BorrowedFd<'_>) -> io::Result<u32> {
+    // SAFETY: LOOP_CTL_GET_FREE takes no argument.
+    let n = cvt(unsafe { libc::ioctl(control.as_raw_fd(), LOOP_CTL_GET_FREE) })?;
+    Ok(n as u32)
+}
+
+/// Attach `backing` to the loop device `dev`, read-only and auto-clearing,
+/// exposing `size` bytes from `offset`.
+pub fn loop_configure(
+    dev: BorrowedFd<'_>,
+    backing: BorrowedFd<'_>,
+    offset: u64,
+    size: u64,
+) -> io::Result<()> {
+    // SAFETY: all-zero is a valid LoopConfig (plain integers and arrays).
+    let mut cfg: LoopConfig = unsafe { zeroed() };
+    cfg.fd = backing.as_raw_fd() as u32;
+    cfg.info.lo_offset = offset;
+    cfg.info.lo_sizelimit = size;
+    cfg.info.lo_flags = LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR;
+    // SAFETY: cfg is a valid struct loop_config for the duration of the call.
+    cvt(unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_CONFIGURE, &cfg as *const LoopConfig) })?;
+    Ok(())
+}
+
+// ---- identity ------------------------------------------------------------------
+
+pub fn setgroups(groups: &[u32]) -> io::Result<()> {
+    // SAFETY: the slice is valid for its length.
+    cvt(unsafe { libc::setgroups(groups.len(), groups.as_ptr()) })?;
+    Ok(())
+}
+
+pub fn setresgid(g: u32) -> io::Result<()> {
+    // SAFETY: integer arguments only.
+    cvt(unsafe { libc::setresgid(g, g, g) })?;
+    Ok(())
+}
+
+pub fn setresuid(u: u32) -> io::Result<()> {
+    // SAFETY: integer arguments only.
+    cvt(unsafe { libc::setresuid(u, u, u) })?;
+    Ok(())
+}
+
+/// Remove every capability from the bounding set. Needs CAP_SETPCAP.
+pub fn drop_bounding_set() -> io::Result<()> {
+    let last = last_cap();
+    for cap in 0..=last {
+        // SAFETY: prctl with integer arguments only.
+        let r = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            // Past the kernel's last capability there is nothing to drop.
+            if e.raw_os_error() != Some(libc::EINVAL) {
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn last_cap() -> u32 {
+    // The kernel's cap_last_cap; 63 covers any kernel if it cannot be read.
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(63)
+}
+
+pub fn clear_ambient() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    cvt(unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    })?;
+    Ok(())
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// Empty the effective, permitted and inheritable sets.
+pub fn clear_capabilities() -> io::Result<()> {
+    let hdr = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let data = [CapData::default(); 2];
+    // SAFETY: header and a two-element data array, as version 3 requires.
+    cvt_long(unsafe { libc::syscall(libc::SYS_capset, &hdr as *const CapHeader, data.as_ptr()) })?;
+    Ok(())
+}
+
+/// The effective, permitted and inheritable sets, each as 64 bits.
+pub fn get_capabilities() -> io::Result<[u64; 3]> {
+    let hdr = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: header and a two-element out array, as version 3 requires.
+    cvt_long(unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            &hdr as *const CapHeader,
+            data.as_mut_ptr(),
+        )
+    })?;
+    let join = |lo: u32, hi: u32| u64::from(lo) | (u64::from(hi) << 32);
+    Ok([
+        join(data[0].effective, data[1].effective),
+        join(data[0].permitted, data[1].permitted),
+        join(data[0].inheritable, data[1].inheritable),
+    ])
+}
+
+// ---- exec ------------------------------------------------------------------------
+
+/// Replace the process image; returns only on failure.
+pub fn execve(path: &CStr, argv: &[CString], envp: &[CString]) -> io::Error {
+    let mut a: Vec<*const libc::c_char> = argv.iter().map(|s| s.as_ptr()).collect();
+    a.push(null());
+    let mut e: Vec<*const libc::c_char> = envp.iter().map(|s| s.as_ptr()).collect();
+    e.push(null());
+    // SAFETY: path and every element are NUL-terminated and outlive the
+    // call; both arrays end with a null pointer.
+    unsafe { libc::execve(path.as_ptr(), a.as_ptr(), e.as_ptr()) };
+    io::Error::last_os_error()
+}
+
+pub fn exit(code: i32) -> ! {
+    // SAFETY: _exit ends the process without running any user code.
+    unsafe { libc::_exit(code) }
+}
+
+pub fn clearenv() {
+    // SAFETY: the starter is single-threaded and holds no pointers into the
+    // environment; clearenv only empties it.
+    unsafe { libc::clearenv() };
+}
