@@ -1,1 +1,133 @@
-fn main() {}
+//! husk: the unprivileged command line. It parses options, reads the image's
+//! metadata, computes the container's environment and identity, and hands the
+//! setuid starter one request on a pipe.
+
+mod env;
+mod image;
+mod launch;
+mod sif;
+mod sys;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "husk",
+    version,
+    about = "Run SIF, squashfs and directory images as yourself, without root",
+    disable_help_subcommand = false
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Args, Clone, Default)]
+pub struct RunOpts {
+    /// Bind a host path: SRC[:DST[:ro|rw]], comma-separated lists allowed
+    #[arg(short = 'B', long = "bind", value_name = "SPEC")]
+    pub bind: Vec<String>,
+    /// Start in DIR inside the container (an error if it does not exist)
+    #[arg(long, value_name = "DIR")]
+    pub pwd: Option<String>,
+    /// Do not bind the home directory
+    #[arg(long)]
+    pub no_home: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a command in the container
+    Exec {
+        #[command(flatten)]
+        opts: RunOpts,
+        /// SIF file, squashfs file or directory
+        image: String,
+        /// The command and its arguments, passed verbatim
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, num_args = 1..)]
+        command: Vec<String>,
+    },
+    /// Run the image's default program (runscript, or ENTRYPOINT + CMD)
+    Run {
+        #[command(flatten)]
+        opts: RunOpts,
+        image: String,
+        /// Arguments that replace the image's CMD
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Start an interactive shell in the container
+    Shell {
+        #[command(flatten)]
+        opts: RunOpts,
+        image: String,
+    },
+    /// Show an image's metadata and what `run` would do
+    Inspect {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+        image: String,
+    },
+    /// Print husk's version
+    Version,
+}
+
+/// A lower-case reason without Rust's "(os error N)" suffix.
+pub fn describe(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    let s = s.split(" (os error").next().unwrap_or(&s);
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_lowercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
+fn real_main() -> Result<ExitCode> {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if !e.use_stderr() => {
+            e.print()?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) => {
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            anyhow::bail!("{first} (see husk --help)");
+        }
+    };
+    match cli.cmd {
+        Command::Exec {
+            opts,
+            image,
+            command,
+        } => launch::exec(&opts, &image, launch::Action::Exec(command)),
+        Command::Run { opts, image, args } => {
+            launch::exec(&opts, &image, launch::Action::Run(args))
+        }
+        Command::Shell { opts, image } => launch::exec(&opts, &image, launch::Action::Shell),
+        Command::Inspect { json, image } => {
+            launch::inspect(&image, json).map(|_| ExitCode::SUCCESS)
+        }
+        Command::Version => {
+            println!("husk version {}", env!("CARGO_PKG_VERSION"));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(code) => code,
+        Err(e) => {
+            // One line: the chain joined, outermost first.
+            let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("husk: {}", msg.join(": "));
+            ExitCode::from(255)
+        }
+    }
+}

@@ -6,7 +6,7 @@
 use crate::entry::{as_caller, Caller};
 use crate::error::{show, Context, Error, Result};
 use crate::identity;
-use crate::objects::{Image, Objects, Source};
+use crate::objects::{Image, Objects};
 use crate::sys;
 use husk_protocol::{ImageKind, Request};
 use std::ffi::{CStr, CString};
@@ -22,13 +22,85 @@ const OVERLAY_OPTS: &CStr = c"lowerdir=/tmp/lower,upperdir=/tmp/upper,workdir=/t
 
 const MAX_IDENTITY_FILE: u64 = 1 << 20;
 
+/// A detached copy of a host mount tree, cloned while still in the host's
+/// namespace (a clone must be made there), with its flags already set.
+struct Detached {
+    tree: OwnedFd,
+    dst: Vec<u8>,
+    is_dir: bool,
+}
+
+fn detach(
+    fd: BorrowedFd<'_>,
+    dst: &[u8],
+    is_dir: bool,
+    recursive: bool,
+    attrs: u64,
+) -> Result<Detached> {
+    let what = || format!("bind {}", show(dst));
+    let tree = sys::clone_tree(fd, recursive).ctx(what)?;
+    sys::set_mount_attrs(tree.as_fd(), attrs, recursive).ctx(what)?;
+    Ok(Detached {
+        tree,
+        dst: dst.to_vec(),
+        is_dir,
+    })
+}
+
+/// Every host object the container shows, in mount order.
+fn detach_all(objs: &Objects) -> Result<Vec<Detached>> {
+    let proc_sys = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV | sys::MOUNT_ATTR_NOEXEC;
+    let mut v = vec![
+        detach(objs.proc_.as_fd(), b"/proc", true, true, proc_sys)?,
+        detach(objs.sys_.as_fd(), b"/sys", true, true, proc_sys)?,
+        // Devices must work under /dev; setuid files must not.
+        detach(
+            objs.dev.as_fd(),
+            b"/dev",
+            true,
+            true,
+            sys::MOUNT_ATTR_NOSUID,
+        )?,
+    ];
+    let sources = objs
+        .etc_files
+        .iter()
+        .chain(&objs.home)
+        .chain(&objs.tmp)
+        .chain(&objs.site_binds)
+        .chain(&objs.binds);
+    for s in sources {
+        let mut attrs = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
+        if s.readonly {
+            attrs |= sys::MOUNT_ATTR_RDONLY;
+        }
+        v.push(detach(s.fd.as_fd(), &s.dst, s.is_dir, true, attrs)?);
+    }
+    Ok(v)
+}
+
 pub fn build(req: &Request, caller: &Caller, objs: Objects) -> Result<()> {
+    let image_tree = match objs.image.kind {
+        ImageKind::Dir => {
+            let attrs = sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
+            Some(detach(objs.image.fd.as_fd(), b"/", true, false, attrs)?.tree)
+        }
+        _ => None,
+    };
+    let binds = detach_all(&objs)?;
     sys::unshare(libc::CLONE_NEWNS).ctx(|| "unshare mount namespace".into())?;
     sys::mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None)
         .ctx(|| "make / private".into())?;
     sys::umask(0);
     stage()?;
-    attach_image(&objs.image)?;
+    match image_tree {
+        Some(t) => {
+            let lower =
+                sys::open(LOWER, libc::O_PATH | libc::O_DIRECTORY).ctx(|| "open lower".into())?;
+            sys::move_mount_to(t.as_fd(), lower.as_fd()).ctx(|| "mount image directory".into())?;
+        }
+        None => attach_squashfs(&objs.image)?,
+    }
     sys::mount(
         Some(c"overlay"),
         ROOT,
@@ -45,20 +117,10 @@ pub fn build(req: &Request, caller: &Caller, objs: Objects) -> Result<()> {
 
     write_identity(&tree, req, caller)?;
 
-    let proc_sys = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV | sys::MOUNT_ATTR_NOEXEC;
-    tree.bind(objs.proc_.as_fd(), b"/proc", true, proc_sys)?;
-    tree.bind(objs.sys_.as_fd(), b"/sys", true, proc_sys)?;
-    // Devices must work under /dev; setuid files must not.
-    tree.bind(objs.dev.as_fd(), b"/dev", true, sys::MOUNT_ATTR_NOSUID)?;
-    let sources = objs
-        .etc_files
-        .iter()
-        .chain(&objs.home)
-        .chain(&objs.tmp)
-        .chain(&objs.site_binds)
-        .chain(&objs.binds);
-    for s in sources {
-        tree.bind_source(s)?;
+    for d in &binds {
+        let target = tree.target(&d.dst, d.is_dir)?;
+        sys::move_mount_to(d.tree.as_fd(), target.as_fd())
+            .ctx(|| format!("bind {}", show(&d.dst)))?;
     }
 
     let ro = sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
@@ -88,17 +150,9 @@ fn stage() -> Result<()> {
     Ok(())
 }
 
-/// Mount the image, read-only, nosuid, nodev, at `LOWER`.
-fn attach_image(img: &Image) -> Result<()> {
+/// Mount a squashfs image through a loop device, read-only, nosuid, nodev, at `LOWER`.
+fn attach_squashfs(img: &Image) -> Result<()> {
     let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
-    if img.kind == ImageKind::Dir {
-        let t = sys::clone_tree(img.fd.as_fd(), false).ctx(|| "clone image directory".into())?;
-        let attrs = sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
-        sys::set_mount_attrs(t.as_fd(), attrs, false).ctx(|| "image mount flags".into())?;
-        let lower =
-            sys::open(LOWER, libc::O_PATH | libc::O_DIRECTORY).ctx(|| "open lower".into())?;
-        return sys::move_mount_to(t.as_fd(), lower.as_fd()).ctx(|| "mount image directory".into());
-    }
     let (_loop_fd, dev) = attach_loop(img)?;
     sys::mount(Some(&dev), LOWER, Some(c"squashfs"), flags, None)
         .ctx(|| "mount squashfs image".into())
@@ -219,23 +273,6 @@ impl Tree {
         }
         sys::openat(Some(dir), name, libc::O_PATH | libc::O_NOFOLLOW, 0)
             .ctx(|| format!("open mount point {p}"))
-    }
-
-    /// Bind the host object `src` at `dst` with the given mount attributes.
-    fn bind(&self, src: BorrowedFd<'_>, dst: &[u8], is_dir: bool, attrs: u64) -> Result<()> {
-        let what = || format!("bind {}", show(dst));
-        let target = self.target(dst, is_dir)?;
-        let t = sys::clone_tree(src, true).ctx(what)?;
-        sys::set_mount_attrs(t.as_fd(), attrs, true).ctx(what)?;
-        sys::move_mount_to(t.as_fd(), target.as_fd()).ctx(what)
-    }
-
-    fn bind_source(&self, s: &Source) -> Result<()> {
-        let mut attrs = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
-        if s.readonly {
-            attrs |= sys::MOUNT_ATTR_RDONLY;
-        }
-        self.bind(s.fd.as_fd(), &s.dst, s.is_dir, attrs)
     }
 }
 

@@ -323,12 +323,14 @@ pub fn clone_tree(fd: BorrowedFd<'_>, recursive: bool) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(newfd) })
 }
 
-/// Set mount attributes on the mount (and with `recursive`, its sub-mounts) at `fd`.
+/// Set mount attributes on the mount (and with `recursive`, its sub-mounts)
+/// at `fd`, and make its propagation private so that nothing mounted on it
+/// later can reach the host's mounts.
 pub fn set_mount_attrs(fd: BorrowedFd<'_>, set: u64, recursive: bool) -> io::Result<()> {
     let attr = MountAttr {
         attr_set: set,
         attr_clr: 0,
-        propagation: 0,
+        propagation: libc::MS_PRIVATE,
         userns_fd: 0,
     };
     let mut flags = AT_EMPTY_PATH;

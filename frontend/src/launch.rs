@@ -1,0 +1,437 @@
+//! Building the request for `exec`, `run` and `shell`, and handing it to the starter.
+
+use crate::env;
+use crate::image::{self, ImageInfo};
+use crate::sys;
+use crate::RunOpts;
+use anyhow::{anyhow, bail, Context, Result};
+use husk_protocol::{Bind, GroupName, Identity, Namespaces, Request};
+use serde_json::json;
+use std::ffi::{CString, OsStr};
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+pub enum Action {
+    Exec(Vec<String>),
+    Run(Vec<String>),
+    Shell,
+}
+
+/// Sources Apptainer's environment scripts, then runs the runscript with the
+/// arguments, as Apptainer's `run` does; `/bin/sh` when there is none.
+const RUN_WRAPPER: &str = r#"for f in /.singularity.d/env/*.sh; do if [ -r "$f" ]; then . "$f"; fi; done
+if [ -x /.singularity.d/runscript ]; then exec /.singularity.d/runscript "$@"; fi
+exec /bin/sh "$@""#;
+
+const SHELL_WRAPPER: &str = r#"for f in /.singularity.d/env/*.sh; do if [ -r "$f" ]; then . "$f"; fi; done
+if [ -x /bin/bash ]; then exec /bin/bash --norc "$@"; fi
+exec /bin/sh "$@""#;
+
+/// Host directories whose contents the image provides: never bound as cwd.
+const SYSTEM_DIRS: &[&str] = &[
+    "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/root",
+    "/run", "/sbin", "/sys", "/usr", "/var",
+];
+
+fn is_under(p: &[u8], dir: &[u8]) -> bool {
+    dir == b"/" || p == dir || (p.starts_with(dir) && p.get(dir.len()) == Some(&b'/'))
+}
+
+fn wrapper(script: &str, name: &str, args: &[String]) -> Vec<String> {
+    let mut v = vec![
+        "/bin/sh".to_string(),
+        "-c".to_string(),
+        script.to_string(),
+        name.to_string(),
+    ];
+    v.extend(args.iter().cloned());
+    v
+}
+
+/// What `run` executes: the runscript when the image may have one, else the
+/// OCI rule (ENTRYPOINT + CMD, arguments replacing CMD), else `/bin/sh`.
+fn run_argv(img: &ImageInfo, args: &[String]) -> Vec<String> {
+    if img.may_have_runscript() {
+        return wrapper(RUN_WRAPPER, "husk-run", args);
+    }
+    let mut v = img.config.entrypoint.clone().unwrap_or_default();
+    if args.is_empty() {
+        v.extend(img.config.cmd.clone().unwrap_or_default());
+    } else {
+        v.extend(args.iter().cloned());
+    }
+    if v.is_empty() {
+        v.push("/bin/sh".into());
+        v.extend(args.iter().cloned());
+    }
+    v
+}
+
+fn shell_argv(shell: Option<&OsStr>) -> Vec<Vec<u8>> {
+    match shell {
+        Some(s) if !s.is_empty() => vec![s.as_bytes().to_vec()],
+        _ => wrapper(SHELL_WRAPPER, "husk-shell", &[])
+            .into_iter()
+            .map(String::into_bytes)
+            .collect(),
+    }
+}
+
+/// A normal absolute path in the container: no `.`/`..`, no doubled or trailing `/`.
+fn container_path(flag: &str, p: &str) -> Result<Vec<u8>> {
+    let trimmed = if p.len() > 1 {
+        p.trim_end_matches('/')
+    } else {
+        p
+    };
+    husk_protocol::check_path("path", trimmed.as_bytes()).map_err(|e| {
+        anyhow!(
+            "{flag} {p}: must be an absolute path without '.' or '..' ({})",
+            e.reason
+        )
+    })?;
+    Ok(trimmed.as_bytes().to_vec())
+}
+
+/// Resolve a bind source as the caller and make sure it can be read.
+fn host_source(what: &str, src: &str) -> Result<PathBuf> {
+    let fail = || anyhow!("{what} {src}: not found or not accessible");
+    let p = std::fs::canonicalize(src).map_err(|_| fail())?;
+    let ok = if p.is_dir() {
+        std::fs::read_dir(&p).is_ok()
+    } else {
+        File::open(&p).is_ok()
+    };
+    if !ok {
+        return Err(fail());
+    }
+    Ok(p)
+}
+
+/// Parse `-B` values: comma-separated `SRC[:DST[:ro|rw]]`; shallowest destination first.
+fn parse_binds(specs: &[String]) -> Result<Vec<Bind>> {
+    let mut binds = Vec::new();
+    for item in specs
+        .iter()
+        .flat_map(|s| s.split(','))
+        .filter(|s| !s.is_empty())
+    {
+        let parts: Vec<&str> = item.split(':').collect();
+        let readonly = match parts.get(2) {
+            None | Some(&"rw") => false,
+            Some(&"ro") => true,
+            Some(o) => bail!("--bind {item}: unknown option '{o}' (want ro or rw)"),
+        };
+        if parts.len() > 3 || parts[0].is_empty() {
+            bail!("--bind {item}: expected SRC[:DST[:ro|rw]]");
+        }
+        let src = host_source("bind source", parts[0])?;
+        let dst = container_path("--bind", parts.get(1).copied().unwrap_or(parts[0]))?;
+        if dst == b"/" {
+            bail!("--bind {item}: cannot bind over the container root");
+        }
+        binds.push(Bind {
+            src: src.as_os_str().as_bytes().to_vec(),
+            dst,
+            readonly,
+        });
+    }
+    binds.sort_by_key(|b| b.dst.iter().filter(|&&c| c == b'/').count());
+    Ok(binds)
+}
+
+fn identity(uid: u32, gid: u32) -> Result<(Identity, Vec<u8>)> {
+    let pw = sys::passwd(uid)
+        .context("look up the caller in the host's passwd")?
+        .ok_or_else(|| anyhow!("uid {uid} has no passwd entry on this host"))?;
+    let mut gids = vec![gid];
+    for g in sys::groups().context("getgroups")? {
+        if !gids.contains(&g) {
+            gids.push(g);
+        }
+    }
+    let groups = gids
+        .into_iter()
+        .filter_map(|g| sys::group_name(g).map(|name| GroupName { gid: g, name }))
+        .filter(|g| !g.name.is_empty() && !g.name.contains(&b':') && !g.name.contains(&b'\n'))
+        .collect();
+    // GECOS may hold anything; the passwd line cannot hold ':' or newlines.
+    let gecos = pw
+        .gecos
+        .iter()
+        .map(|&b| if b == b':' || b == b'\n' { b' ' } else { b })
+        .collect();
+    Ok((
+        Identity {
+            user_name: pw.name,
+            gecos,
+            groups,
+        },
+        pw.dir,
+    ))
+}
+
+/// The host cwd is bound at the same path unless it is `/`, a system
+/// directory, already visible through home, /tmp or a bind, or unreadable.
+fn cwd_bind(cwd: &[u8], home: Option<&[u8]>, tmp: bool, binds: &[Bind]) -> bool {
+    if cwd == b"/"
+        || SYSTEM_DIRS.iter().any(|d| is_under(cwd, d.as_bytes()))
+            && !(tmp && is_under(cwd, b"/var/tmp"))
+    {
+        return false;
+    }
+    let visible = home.is_some_and(|h| is_under(cwd, h))
+        || (tmp && (is_under(cwd, b"/tmp") || is_under(cwd, b"/var/tmp")))
+        || binds
+            .iter()
+            .any(|b| b.src == b.dst && is_under(cwd, &b.dst));
+    !visible && std::fs::read_dir(OsStr::from_bytes(cwd)).is_ok()
+}
+
+pub fn build_request(opts: &RunOpts, img: &ImageInfo, action: Action) -> Result<Request> {
+    let (uid, gid) = sys::ids();
+    let (ident, home) = identity(uid, gid)?;
+    let host: Vec<(Vec<u8>, Vec<u8>)> = std::env::vars_os()
+        .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+        .collect();
+    let path = img.path_bytes();
+    let name = img
+        .path
+        .file_name()
+        .map(|n| n.as_bytes().to_vec())
+        .unwrap_or_default();
+    let environment = env::compute(&env::Inputs {
+        host: &host,
+        image: &img.config.env,
+        home: &home,
+        container: &path,
+        name: &name,
+    });
+    let argv: Vec<Vec<u8>> = match action {
+        Action::Exec(cmd) => cmd.into_iter().map(String::into_bytes).collect(),
+        Action::Run(args) => run_argv(img, &args)
+            .into_iter()
+            .map(String::into_bytes)
+            .collect(),
+        Action::Shell => shell_argv(std::env::var_os("HUSK_SHELL").as_deref()),
+    };
+    let mut binds = parse_binds(&opts.bind)?;
+    let home_bind = if opts.no_home {
+        None
+    } else {
+        husk_protocol::check_path("home", &home).map_err(|_| {
+            anyhow!(
+                "home directory {} is not an absolute path",
+                String::from_utf8_lossy(&home)
+            )
+        })?;
+        Some(Bind {
+            src: home.clone(),
+            dst: home.clone(),
+            readonly: false,
+        })
+    };
+    let (cwd, cwd_required) = match &opts.pwd {
+        Some(p) => (container_path("--pwd", p)?, true),
+        None => {
+            let c = std::env::current_dir()
+                .map(|c| c.as_os_str().as_bytes().to_vec())
+                .unwrap_or(b"/".to_vec());
+            let c = if husk_protocol::check_path("cwd", &c).is_ok() {
+                c
+            } else {
+                b"/".to_vec()
+            };
+            if cwd_bind(&c, home_bind.as_ref().map(|h| &h.dst[..]), true, &binds) {
+                binds.push(Bind {
+                    src: c.clone(),
+                    dst: c.clone(),
+                    readonly: false,
+                });
+            }
+            (c, false)
+        }
+    };
+    Ok(Request {
+        image: husk_protocol::Image {
+            path,
+            kind: img.kind,
+        },
+        argv,
+        env: environment.entries(),
+        cwd,
+        cwd_required,
+        home: home_bind,
+        mount_tmp: true,
+        binds,
+        identity: ident,
+        namespaces: Namespaces::default(),
+    })
+}
+
+/// The starter sits at `../libexec/husk/husk-starter` from the husk binary.
+fn starter_path() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("find the husk executable")?;
+    let prefix = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| anyhow!("husk is not installed in a prefix"))?;
+    let p = prefix.join("libexec/husk/husk-starter");
+    if !p.exists() {
+        bail!(
+            "starter {} not found: husk is not installed correctly",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+fn hand_over(req: &Request) -> Result<ExitCode> {
+    let starter = starter_path()?;
+    let frame = husk_protocol::encode(req).map_err(|e| anyhow!("request: {e}"))?;
+    let (r, w) = sys::pipe().context("create request pipe")?;
+    if frame.len() > 60 * 1024 {
+        sys::set_pipe_size(&w, frame.len()).context("request too large for a pipe")?;
+    }
+    File::from(w).write_all(&frame).context("write request")?;
+    sys::dup_to(&r, 3).context("pass request pipe")?;
+    let path = CString::new(starter.as_os_str().as_bytes()).context("starter path")?;
+    let err = sys::exec(&path, &[CString::new("husk-starter")?]);
+    bail!(
+        "exec starter {}: {}",
+        starter.display(),
+        crate::describe(&err)
+    )
+}
+
+pub fn exec(opts: &RunOpts, image: &str, action: Action) -> Result<ExitCode> {
+    let img = image::open(image)?;
+    let req = build_request(opts, &img, action)?;
+    hand_over(&req)
+}
+
+pub fn inspect(image: &str, as_json: bool) -> Result<()> {
+    let img = image::open(image)?;
+    let (offset, size) = match img.kind {
+        husk_protocol::ImageKind::Sif { offset, size } => (Some(offset), Some(size)),
+        _ => (None, None),
+    };
+    let run = run_argv(&img, &[]);
+    let c = &img.config;
+    let v = json!({
+        "path": img.path.display().to_string(),
+        "format": img.kind_name(),
+        "partition": offset.map(|o| json!({"offset": o, "size": size})),
+        "env": c.env,
+        "entrypoint": c.entrypoint,
+        "cmd": c.cmd,
+        "workdir": c.working_dir,
+        "user": c.user,
+        "labels": img.labels(),
+        "runscript": img.runscript(),
+        "run": run,
+    });
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("image:      {}", img.path.display());
+    match (offset, size) {
+        (Some(o), Some(s)) => {
+            println!("format:     sif (squashfs partition at offset {o}, {s} bytes)")
+        }
+        _ => println!("format:     {}", img.kind_name()),
+    }
+    for e in &c.env {
+        println!("env:        {e}");
+    }
+    let list = |l: &Option<Vec<String>>| {
+        l.as_ref()
+            .map(|v| format!("{v:?}"))
+            .unwrap_or_else(|| "-".into())
+    };
+    println!("entrypoint: {}", list(&c.entrypoint));
+    println!("cmd:        {}", list(&c.cmd));
+    if let Some(u) = &c.user {
+        println!("user:       {u} (not applied: husk runs as the caller)");
+    }
+    if let Some(w) = &c.working_dir {
+        println!("workdir:    {w}");
+    }
+    if let Some(l) = img.labels().and_then(|l| l.as_object()) {
+        for (k, v) in l {
+            println!(
+                "label:      {k}={}",
+                v.as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| v.to_string())
+            );
+        }
+    }
+    if img.may_have_runscript() {
+        println!("run:        /.singularity.d/runscript (after sourcing /.singularity.d/env/*.sh), else /bin/sh");
+    } else {
+        println!("run:        {run:?}");
+    }
+    if let Some(r) = img.runscript() {
+        println!("runscript:");
+        for l in r.lines() {
+            println!("    {l}");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cwd_rules() {
+        let home = Some(&b"/home/a"[..]);
+        assert!(!cwd_bind(b"/", home, true, &[]));
+        assert!(!cwd_bind(b"/usr/bin", home, true, &[]));
+        assert!(!cwd_bind(b"/home/a/src", home, true, &[]));
+        assert!(!cwd_bind(b"/tmp/x", home, true, &[]));
+        assert!(!cwd_bind(b"/var/tmp/x", home, true, &[]));
+        // /home itself is neither a system dir nor visible.
+        assert!(cwd_bind(b"/home", home, true, &[]));
+        let b = Bind {
+            src: b"/data".to_vec(),
+            dst: b"/data".to_vec(),
+            readonly: false,
+        };
+        assert!(!cwd_bind(b"/data/x", home, true, &[b]));
+    }
+
+    #[test]
+    fn bind_specs() {
+        let b = parse_binds(&["/tmp:/a/b/c:ro,/:/x".to_string()]).unwrap();
+        assert_eq!(b[0].dst, b"/x");
+        assert_eq!(b[1].dst, b"/a/b/c");
+        assert!(b[1].readonly && !b[0].readonly);
+        assert!(parse_binds(&["/tmp:/x:rx".to_string()]).is_err());
+        assert!(parse_binds(&["/tmp:rel".to_string()]).is_err());
+        assert!(parse_binds(&["/tmp:/".to_string()]).is_err());
+        assert!(parse_binds(&["/no/such/dir".to_string()]).is_err());
+    }
+
+    #[test]
+    fn oci_run_rule() {
+        let mut img = ImageInfo {
+            path: PathBuf::from("/nonexistent-dir-image"),
+            kind: husk_protocol::ImageKind::Dir,
+            config: Default::default(),
+            apptainer: None,
+        };
+        img.config.entrypoint = Some(vec!["/e".into()]);
+        img.config.cmd = Some(vec!["c".into()]);
+        assert_eq!(run_argv(&img, &[]), vec!["/e", "c"]);
+        assert_eq!(run_argv(&img, &["x".into()]), vec!["/e", "x"]);
+        img.config = Default::default();
+        assert_eq!(run_argv(&img, &["-c".into()]), vec!["/bin/sh", "-c"]);
+    }
+}

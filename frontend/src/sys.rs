@@ -1,0 +1,137 @@
+//! The few libc calls the frontend needs, each behind a safe wrapper.
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::ptr::null;
+
+pub fn ids() -> (u32, u32) {
+    // SAFETY: getuid/getgid cannot fail and take no arguments.
+    unsafe { (libc::getuid(), libc::getgid()) }
+}
+
+pub fn groups() -> io::Result<Vec<u32>> {
+    // SAFETY: size 0 with a null list only asks for the count.
+    let n = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut v = vec![0u32; n as usize];
+    // SAFETY: v has room for n entries.
+    let got = unsafe { libc::getgroups(n, v.as_mut_ptr()) };
+    if got < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    v.truncate(got as usize);
+    Ok(v)
+}
+
+pub struct Passwd {
+    pub name: Vec<u8>,
+    pub gecos: Vec<u8>,
+    pub dir: Vec<u8>,
+}
+
+fn bytes(p: *const libc::c_char) -> Vec<u8> {
+    if p.is_null() {
+        return Vec::new();
+    }
+    // SAFETY: a non-null field of a passwd/group entry points at a
+    // NUL-terminated string inside the buffer we passed, still alive here.
+    unsafe { CStr::from_ptr(p) }.to_bytes().to_vec()
+}
+
+/// The host's passwd entry for `uid` (through NSS, as `id` would find it).
+pub fn passwd(uid: u32) -> io::Result<Option<Passwd>> {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        // SAFETY: zeroed passwd is valid out storage.
+        let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut res: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: pw, buf and res are valid for the call; buf.len() is its size.
+        let rc =
+            unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr().cast(), buf.len(), &mut res) };
+        if rc == libc::ERANGE && buf.len() < 1 << 20 {
+            buf.resize(buf.len() * 4, 0);
+            continue;
+        }
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        if res.is_null() {
+            return Ok(None);
+        }
+        return Ok(Some(Passwd {
+            name: bytes(pw.pw_name),
+            gecos: bytes(pw.pw_gecos),
+            dir: bytes(pw.pw_dir),
+        }));
+    }
+}
+
+/// The host's name for group `gid`, if it has one.
+pub fn group_name(gid: u32) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        // SAFETY: zeroed group is valid out storage.
+        let mut gr: libc::group = unsafe { std::mem::zeroed() };
+        let mut res: *mut libc::group = std::ptr::null_mut();
+        // SAFETY: gr, buf and res are valid for the call; buf.len() is its size.
+        let rc =
+            unsafe { libc::getgrgid_r(gid, &mut gr, buf.as_mut_ptr().cast(), buf.len(), &mut res) };
+        if rc == libc::ERANGE && buf.len() < 1 << 22 {
+            buf.resize(buf.len() * 4, 0);
+            continue;
+        }
+        if rc != 0 || res.is_null() {
+            return None;
+        }
+        return Some(bytes(gr.gr_name));
+    }
+}
+
+/// A pipe whose read end will become the starter's fd 3.
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds has room for the two fds pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 just created both fds; we are their only owner.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Grow the pipe buffer so that a request of `len` bytes fits without a reader.
+pub fn set_pipe_size(fd: &OwnedFd, len: usize) -> io::Result<()> {
+    // SAFETY: F_SETPIPE_SZ takes an integer size.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, len as libc::c_int) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Place `fd` at `target` without close-on-exec.
+pub fn dup_to(fd: &OwnedFd, target: i32) -> io::Result<()> {
+    if fd.as_raw_fd() == target {
+        // SAFETY: clearing FD_CLOEXEC on an fd we own.
+        if unsafe { libc::fcntl(target, libc::F_SETFD, 0) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        return Ok(());
+    }
+    // SAFETY: dup2 onto a number the frontend does not otherwise use.
+    if unsafe { libc::dup2(fd.as_raw_fd(), target) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Exec `path` with `argv` and an empty environment; returns only on failure.
+pub fn exec(path: &CStr, argv: &[CString]) -> io::Error {
+    let mut a: Vec<*const libc::c_char> = argv.iter().map(|s| s.as_ptr()).collect();
+    a.push(null());
+    let envp: [*const libc::c_char; 1] = [null()];
+    // SAFETY: path and argv are NUL-terminated and alive; both arrays end in null.
+    unsafe { libc::execve(path.as_ptr(), a.as_ptr(), envp.as_ptr()) };
+    io::Error::last_os_error()
+}
