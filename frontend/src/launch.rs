@@ -57,14 +57,16 @@ fn run_argv(img: &ImageInfo, args: &[String]) -> Vec<String> {
     if img.may_have_runscript() {
         return wrapper(RUN_WRAPPER, "husk-run", args);
     }
-    let mut v = img.config.entrypoint.clone().unwrap_or_default();
-    if args.is_empty() {
-        v.extend(img.config.cmd.clone().unwrap_or_default());
-    } else {
+    let (ep, cmd) = (&img.config.entrypoint, &img.config.cmd);
+    if ep.as_ref().is_none_or(Vec::is_empty) && cmd.as_ref().is_none_or(Vec::is_empty) {
+        let mut v = vec!["/bin/sh".to_string()];
         v.extend(args.iter().cloned());
+        return v;
     }
-    if v.is_empty() {
-        v.push("/bin/sh".into());
+    let mut v = ep.clone().unwrap_or_default();
+    if args.is_empty() {
+        v.extend(cmd.clone().unwrap_or_default());
+    } else {
         v.extend(args.iter().cloned());
     }
     v

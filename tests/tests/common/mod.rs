@@ -1,0 +1,285 @@
+//! Shared set-up for the integration tests. They run as root (to prepare
+//! images and inspect the host) and run every container command as the
+//! unprivileged test user against the setuid starter that
+//! `packaging/install.sh` put into `HUSK_TEST_PREFIX` (see tests/run.sh).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+pub struct TestEnv {
+    pub prefix: PathBuf,
+    pub work: PathBuf,
+    pub user: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: PathBuf,
+}
+
+fn id_of(user: &str, flag: &str) -> u32 {
+    let out = Command::new("id")
+        .args([flag, user])
+        .output()
+        .expect("run id");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("numeric id")
+}
+
+/// The installed test environment, or `None` (with a message) when the
+/// tests run outside `tests/run.sh`. With HUSK_TEST_REQUIRED=1 a missing
+/// environment is a failure, so CI can never skip silently.
+pub fn env() -> Option<&'static TestEnv> {
+    static ENV: OnceLock<Option<TestEnv>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let (Some(prefix), Some(work)) = (std::env::var_os("HUSK_TEST_PREFIX"), std::env::var_os("HUSK_TEST_WORK")) else {
+            if std::env::var_os("HUSK_TEST_REQUIRED").is_some() {
+                panic!("HUSK_TEST_REQUIRED is set but HUSK_TEST_PREFIX/HUSK_TEST_WORK are not");
+            }
+            eprintln!("skipped: integration tests need the set-up of tests/run.sh (HUSK_TEST_PREFIX unset)");
+            return None;
+        };
+        let user = std::env::var("HUSK_TEST_USER").unwrap_or_else(|_| "husktest".into());
+        let uid = id_of(&user, "-u");
+        let gid = id_of(&user, "-g");
+        let home = PathBuf::from(format!("/home/{user}"));
+        Some(TestEnv { prefix: prefix.into(), work: work.into(), user, uid, gid, home })
+    })
+    .as_ref()
+}
+
+/// The Apptainer-built fixture from ../shared, copied where the test user
+/// can read it. `None` (with a message) where ../shared is absent.
+pub fn fixture_sif() -> Option<PathBuf> {
+    static SIF: OnceLock<Option<PathBuf>> = OnceLock::new();
+    SIF.get_or_init(|| {
+        let e = env()?;
+        let src = std::env::var_os("HUSK_FIXTURES")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures"))
+            .join("apptainer-busybox_amd64.sif");
+        if !src.exists() {
+            eprintln!(
+                "skipped: {} is absent (no ../shared beside the repo)",
+                src.display()
+            );
+            return None;
+        }
+        let dir = e.work.join("images");
+        std::fs::create_dir_all(&dir).unwrap();
+        let dst = dir.join("busybox.sif");
+        std::fs::copy(&src, &dst).unwrap();
+        sh(&format!("chmod 644 {}", dst.display()));
+        Some(dst)
+    })
+    .clone()
+}
+
+/// Run a shell command as root for set-up; panics on failure.
+pub fn sh(cmd: &str) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .expect("spawn sh");
+    assert!(
+        out.status.success(),
+        "set-up command failed: {cmd}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Sif,
+    Squashfs,
+    Dir,
+}
+
+/// The same busybox root as a SIF, a bare squashfs (made with mksquashfs)
+/// and a directory (made with unsquashfs).
+pub fn image(kind: Kind) -> Option<PathBuf> {
+    static MADE: OnceLock<Option<(PathBuf, PathBuf)>> = OnceLock::new();
+    let sif = fixture_sif()?;
+    let (sqfs, dir) = MADE
+        .get_or_init(|| {
+            let images = sif.parent().unwrap();
+            let dir = images.join("rootfs");
+            let sqfs = images.join("busybox.sqfs");
+            let off = offset_of(&sif);
+            sh(&format!(
+                "rm -rf {d} && unsquashfs -q -n -o {off} -d {d} {s} >/dev/null && mksquashfs {d} {q} -quiet -noappend -comp gzip >/dev/null && chmod 644 {q}",
+                d = dir.display(),
+                s = sif.display(),
+                q = sqfs.display()
+            ));
+            Some((sqfs, dir))
+        })
+        .clone()?;
+    Some(match kind {
+        Kind::Sif => sif,
+        Kind::Squashfs => sqfs,
+        Kind::Dir => dir,
+    })
+}
+
+/// The primary partition's offset, from `husk inspect --json` (as the user).
+fn offset_of(sif: &Path) -> u64 {
+    let out = husk(&["inspect", "--json", &sif.to_string_lossy()]).run();
+    assert_eq!(out.code, 0, "inspect failed: {}", out.stderr);
+    let v = out
+        .stdout
+        .split("\"offset\":")
+        .nth(1)
+        .expect("offset in inspect output");
+    v.trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+pub fn all_kinds() -> Vec<(Kind, PathBuf)> {
+    [Kind::Sif, Kind::Squashfs, Kind::Dir]
+        .into_iter()
+        .filter_map(|k| image(k).map(|p| (k, p)))
+        .collect()
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(out: Output) -> Run {
+        use std::os::unix::process::ExitStatusExt;
+        let code = out
+            .status
+            .code()
+            .unwrap_or_else(|| 128 + out.status.signal().unwrap_or(0));
+        Run {
+            code,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+/// A command run as the test user with a small, known environment.
+pub struct UserCmd {
+    argv: Vec<String>,
+    envs: Vec<(String, String)>,
+    cwd: Option<PathBuf>,
+    stdin: Option<Vec<u8>>,
+}
+
+/// `husk ARGS...` as the test user.
+pub fn husk(args: &[&str]) -> UserCmd {
+    let e = env().expect("test env");
+    let mut argv = vec![e.prefix.join("bin/husk").to_string_lossy().into_owned()];
+    argv.extend(args.iter().map(|s| s.to_string()));
+    UserCmd {
+        argv,
+        envs: vec![],
+        cwd: None,
+        stdin: None,
+    }
+}
+
+/// Any program as the test user.
+pub fn as_user(argv: &[&str]) -> UserCmd {
+    UserCmd {
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        envs: vec![],
+        cwd: None,
+        stdin: None,
+    }
+}
+
+impl UserCmd {
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.envs.push((k.into(), v.into()));
+        self
+    }
+
+    pub fn cwd(mut self, p: &Path) -> Self {
+        self.cwd = Some(p.to_path_buf());
+        self
+    }
+
+    pub fn stdin(mut self, data: Vec<u8>) -> Self {
+        self.stdin = Some(data);
+        self
+    }
+
+    pub fn command(&self) -> Command {
+        let e = env().expect("test env");
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid",
+            &e.uid.to_string(),
+            "--regid",
+            &e.gid.to_string(),
+            "--init-groups",
+            "--",
+            "env",
+            "-i",
+        ]);
+        c.arg(format!("HOME={}", e.home.display()));
+        c.arg(format!("USER={}", e.user));
+        c.arg(format!("LOGNAME={}", e.user));
+        c.arg("PATH=/usr/local/bin:/usr/bin:/bin");
+        for (k, v) in &self.envs {
+            c.arg(format!("{k}={v}"));
+        }
+        c.args(&self.argv);
+        c.current_dir(self.cwd.as_deref().unwrap_or(&e.home));
+        c
+    }
+
+    pub fn run(self) -> Run {
+        use std::io::Write;
+        let mut c = self.command();
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
+        c.stdin(if self.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+        let mut child = c.spawn().expect("spawn setpriv");
+        if let Some(data) = &self.stdin {
+            let mut w = child.stdin.take().unwrap();
+            // The starter may refuse and exit before reading everything.
+            let _ = w.write_all(data);
+        }
+        Run::from(child.wait_with_output().expect("wait"))
+    }
+}
+
+/// Assert husk failed the way every bad input must: status 255 and exactly
+/// one line on stderr that contains `needle`.
+pub fn assert_one_line_error(r: &Run, needle: &str) {
+    assert_eq!(
+        r.code, 255,
+        "want status 255, got {} (stderr: {})",
+        r.code, r.stderr
+    );
+    let lines: Vec<&str> = r.stderr.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "want one line on stderr, got: {:?}",
+        r.stderr
+    );
+    assert!(
+        lines[0].contains(needle),
+        "stderr {:?} does not mention {needle:?}",
+        lines[0]
+    );
+}

@@ -1,0 +1,229 @@
+//! Requests written straight to the starter's pipe, bypassing the frontend
+//! (attack classes 1 and 2): the starter must refuse each one, and a valid
+//! one proves the client really reaches the starter.
+
+mod common;
+use common::*;
+use husk_protocol::*;
+
+fn starter() -> String {
+    env()
+        .unwrap()
+        .prefix
+        .join("libexec/husk/husk-starter")
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Run the starter as the test user with `bytes` on its fd 3 (a pipe).
+fn send(bytes: Vec<u8>) -> Run {
+    as_user(&["sh", "-c", "exec \"$0\" 3<&0 </dev/null", &starter()])
+        .stdin(bytes)
+        .run()
+}
+
+fn valid_request(argv: &[&str]) -> Request {
+    let e = env().unwrap();
+    let img = image(Kind::Sif).unwrap();
+    let (offset, size) = sif_partition(&img);
+    let kind = ImageKind::Sif { offset, size };
+    Request {
+        image: Image {
+            path: img.to_string_lossy().as_bytes().to_vec(),
+            kind,
+        },
+        argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
+        env: vec![b"PATH=/bin".to_vec()],
+        cwd: b"/".to_vec(),
+        cwd_required: false,
+        home: None,
+        mount_tmp: false,
+        binds: vec![],
+        identity: Identity {
+            user_name: e.user.as_bytes().to_vec(),
+            gecos: vec![],
+            groups: vec![],
+        },
+        namespaces: Namespaces::default(),
+    }
+}
+
+fn sif_partition(p: &std::path::Path) -> (u64, u64) {
+    let d = std::fs::read(p).unwrap();
+    let table = u64::from_le_bytes(d[96..104].try_into().unwrap()) as usize;
+    let count = u64::from_le_bytes(d[88..96].try_into().unwrap()) as usize;
+    (0..count)
+        .map(|i| &d[table + i * 585..table + (i + 1) * 585])
+        .find(|x| x[4] == 1 && i32::from_le_bytes(x[0..4].try_into().unwrap()) == 0x4004)
+        .map(|x| {
+            (
+                u64::from_le_bytes(x[17..25].try_into().unwrap()),
+                u64::from_le_bytes(x[25..33].try_into().unwrap()),
+            )
+        })
+        .unwrap()
+}
+
+fn header(version: u16, len: u32) -> Vec<u8> {
+    let mut h = MAGIC.to_vec();
+    h.extend_from_slice(&version.to_le_bytes());
+    h.extend_from_slice(&len.to_le_bytes());
+    h
+}
+
+#[test]
+fn a_valid_raw_request_runs() {
+    let Some(e) = env() else { return };
+    if image(Kind::Sif).is_none() {
+        return;
+    }
+    let r = send(encode(&valid_request(&["id", "-u"])).unwrap());
+    assert_eq!(
+        (r.code, r.stdout.trim()),
+        (0, e.uid.to_string().as_str()),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn malformed_frames_are_refused() {
+    if env().is_none() || image(Kind::Sif).is_none() {
+        return;
+    }
+    let good = encode(&valid_request(&["id"])).unwrap();
+    let body = &good[HEADER_LEN..];
+    let mut cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("empty", vec![], "truncated"),
+        (
+            "garbage",
+            b"\x7fELF this is not a request at all".to_vec(),
+            "not a husk request",
+        ),
+        (
+            "oversized length",
+            header(VERSION, MAX_BODY as u32 + 1),
+            "exceeds",
+        ),
+        ("u32::MAX length", header(VERSION, u32::MAX), "exceeds"),
+        (
+            "wrong version",
+            [header(VERSION + 1, body.len() as u32), body.to_vec()].concat(),
+            "version",
+        ),
+        ("EOF mid-body", good[..good.len() - 5].to_vec(), "truncated"),
+        (
+            "trailing bytes",
+            [good.clone(), b"x".to_vec()].concat(),
+            "trailing",
+        ),
+        ("zero length", header(VERSION, 0), "truncated"),
+    ];
+    // A body that claims a 1 TiB string.
+    let mut huge = header(VERSION, 16);
+    huge.extend_from_slice(&(1u64 << 40).to_le_bytes());
+    huge.extend_from_slice(&[0; 8]);
+    cases.push(("1 TiB string", huge, "request"));
+    for (name, bytes, needle) in cases {
+        let r = send(bytes);
+        assert_one_line_error(&r, needle);
+        assert!(r.stdout.is_empty(), "{name}: payload output {}", r.stdout);
+    }
+}
+
+#[test]
+fn forged_fields_are_refused() {
+    if env().is_none() || image(Kind::Sif).is_none() {
+        return;
+    }
+    let mut relative = valid_request(&["id"]);
+    relative.image.path = b"images/busybox.sif".to_vec();
+    let mut dotdot = valid_request(&["id"]);
+    dotdot.binds.push(Bind {
+        src: b"/tmp/../etc".to_vec(),
+        dst: b"/x".to_vec(),
+        readonly: false,
+    });
+    let mut shadow = valid_request(&["id"]);
+    shadow.binds.push(Bind {
+        src: b"/etc/shadow".to_vec(),
+        dst: b"/x".to_vec(),
+        readonly: false,
+    });
+    let mut root_dir = valid_request(&["id"]);
+    root_dir.binds.push(Bind {
+        src: b"/root".to_vec(),
+        dst: b"/x".to_vec(),
+        readonly: false,
+    });
+    let mut over_root = valid_request(&["id"]);
+    over_root.binds.push(Bind {
+        src: b"/tmp".to_vec(),
+        dst: b"/".to_vec(),
+        readonly: false,
+    });
+    let mut bad_offset = valid_request(&["id"]);
+    bad_offset.image.kind = ImageKind::Sif {
+        offset: 0,
+        size: 4096,
+    };
+    let mut past_end = valid_request(&["id"]);
+    past_end.image.kind = ImageKind::Sif {
+        offset: 45056,
+        size: 1 << 40,
+    };
+    let mut host_root = valid_request(&["id"]);
+    host_root.image.kind = ImageKind::Dir;
+    host_root.image.path = b"/".to_vec();
+    let mut shadow_image = valid_request(&["id"]);
+    shadow_image.image.path = b"/etc/shadow".to_vec();
+    shadow_image.image.kind = ImageKind::Squashfs;
+    let mut net = valid_request(&["id"]);
+    net.namespaces.net = true;
+    let mut evil_name = valid_request(&["id"]);
+    evil_name.identity.user_name = b"root:x:0:0::/:/bin/sh\nx".to_vec();
+    for (name, req, needle) in [
+        ("relative image path", relative, "not absolute"),
+        ("'..' in a bind source", dotdot, "'..'"),
+        ("bind of /etc/shadow", shadow, "not found or not accessible"),
+        ("bind of /root", root_dir, "not found or not accessible"),
+        ("bind over /", over_root, "container root"),
+        ("offset without squashfs", bad_offset, "no squashfs"),
+        ("partition past the end", past_end, "outside the file"),
+        ("host root as image", host_root, "host root"),
+        (
+            "/etc/shadow as image",
+            shadow_image,
+            "not found or not accessible",
+        ),
+        ("unsupported namespace", net, "--net"),
+        ("passwd injection", evil_name, "user_name"),
+    ] {
+        let r = send(encode(&req).unwrap());
+        assert_one_line_error(&r, needle);
+        assert!(r.stdout.is_empty(), "{name}: payload ran: {}", r.stdout);
+    }
+}
+
+#[test]
+fn the_starter_refuses_to_run_without_setuid() {
+    let Some(e) = env() else { return };
+    // A copy of the starter without the setuid bit, owned by the user.
+    let copy = e.work.join("starter-copy");
+    sh(&format!(
+        "cp {} {1} && chown {2} {1} && chmod 755 {1}",
+        starter(),
+        copy.display(),
+        e.user
+    ));
+    let r = as_user(&[
+        "sh",
+        "-c",
+        "exec \"$0\" 3<&0 </dev/null",
+        &copy.to_string_lossy(),
+    ])
+    .stdin(vec![])
+    .run();
+    assert_one_line_error(&r, "setuid");
+    let _ = std::fs::remove_file(copy);
+}

@@ -1,0 +1,362 @@
+//! The spine: a real SIF (built by Apptainer), the same root as a squashfs
+//! file and as a directory, run as the unprivileged test user through the
+//! installed setuid starter.
+
+mod common;
+use common::*;
+
+fn img_str(p: &std::path::Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+#[test]
+fn exec_sees_caller_uid_and_name() {
+    let Some(e) = env() else { return };
+    for (kind, img) in all_kinds() {
+        let r = husk(&["exec", &img_str(&img), "/bin/busybox", "id", "-u"]).run();
+        assert_eq!(r.code, 0, "{kind:?}: {}", r.stderr);
+        assert_eq!(r.stdout.trim(), e.uid.to_string(), "{kind:?}");
+        let r = husk(&["exec", &img_str(&img), "id", "-un"]).run();
+        assert_eq!(r.stdout.trim(), e.user, "{kind:?}: {}", r.stderr);
+    }
+}
+
+#[test]
+fn payload_has_no_privileges_left() {
+    let Some(e) = env() else { return };
+    for (kind, img) in all_kinds() {
+        let r = husk(&["exec", &img_str(&img), "cat", "/proc/self/status"]).run();
+        assert_eq!(r.code, 0, "{kind:?}: {}", r.stderr);
+        let field = |name: &str| -> Vec<String> {
+            let line = r
+                .stdout
+                .lines()
+                .find(|l| l.starts_with(name))
+                .unwrap_or_else(|| panic!("{name} missing"));
+            line.split_whitespace().skip(1).map(str::to_owned).collect()
+        };
+        assert_eq!(field("Uid:"), vec![e.uid.to_string(); 4], "{kind:?}");
+        assert_eq!(field("Gid:"), vec![e.gid.to_string(); 4], "{kind:?}");
+        let caps: Vec<&str> = r.stdout.lines().filter(|l| l.starts_with("Cap")).collect();
+        assert_eq!(caps.len(), 5, "{kind:?}: {caps:?}");
+        for c in caps {
+            assert!(c.ends_with("0000000000000000"), "{kind:?}: {c}");
+        }
+        assert_eq!(field("NoNewPrivs:"), vec!["1"], "{kind:?}");
+        // Supplementary groups are the caller's, as the host has them.
+        let host_groups = sh(&format!("id -G {}", e.user));
+        let inside = husk(&["exec", &img_str(&img), "id", "-G"]).run();
+        let mut a: Vec<&str> = host_groups.split_whitespace().collect();
+        let mut b: Vec<&str> = inside.stdout.split_whitespace().collect();
+        a.sort();
+        b.sort();
+        assert_eq!(a, b, "{kind:?}");
+    }
+}
+
+#[test]
+fn run_replaces_cmd_with_arguments() {
+    if env().is_none() {
+        return;
+    }
+    for (kind, img) in all_kinds() {
+        let r = husk(&["run", &img_str(&img), "sh", "-c", "echo hi"]).run();
+        assert_eq!(
+            (r.code, r.stdout.as_str()),
+            (0, "hi\n"),
+            "{kind:?}: {}",
+            r.stderr
+        );
+    }
+    // Without arguments the runscript runs the image's CMD (sh), reading stdin.
+    let sif = image(Kind::Sif).unwrap();
+    let r = husk(&["run", &img_str(&sif)])
+        .stdin(b"echo from-cmd; exit 3\n".to_vec())
+        .run();
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (3, "from-cmd\n"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn home_cwd_and_tmp_are_the_hosts() {
+    let Some(e) = env() else { return };
+    let Some(img) = image(Kind::Sif) else { return };
+    // A cwd outside home and /tmp, owned by the user, so it must be bound.
+    let cwd = e.work.join("cwd-test");
+    sh(&format!(
+        "mkdir -p {0} && chown {1} {0}",
+        cwd.display(),
+        e.user
+    ));
+    let tag = format!("husk-{}", std::process::id());
+    let script = format!(
+        "echo h > $HOME/{tag}.home && echo c > {tag}.cwd && echo t > /tmp/{tag}.tmp && pwd"
+    );
+    let r = husk(&["exec", &img_str(&img), "sh", "-c", &script])
+        .cwd(&cwd)
+        .run();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout.trim(), cwd.to_string_lossy());
+    for (path, want) in [
+        (e.home.join(format!("{tag}.home")), "h\n"),
+        (cwd.join(format!("{tag}.cwd")), "c\n"),
+        (std::path::PathBuf::from(format!("/tmp/{tag}.tmp")), "t\n"),
+    ] {
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap_or_default(),
+            want,
+            "{}",
+            path.display()
+        );
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
+#[test]
+fn environment_rules() {
+    if env().is_none() {
+        return;
+    }
+    let Some(img) = image(Kind::Sif) else { return };
+    let r = husk(&["exec", &img_str(&img), "env"])
+        .env("HOST_VAR", "from host")
+        .env("HUSKENV_FOO", "bar")
+        .env("PATH", "/host/only/bin:/usr/bin:/bin")
+        .env("LD_LIBRARY_PATH", "/host/lib")
+        .run();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let vars: Vec<&str> = r.stdout.lines().collect();
+    assert!(vars.contains(&"HOST_VAR=from host"), "{vars:?}");
+    assert!(vars.contains(&"FOO=bar"), "{vars:?}");
+    // The image's PATH (from its OCI config), not the host's.
+    assert!(
+        vars.contains(&"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+        "{vars:?}"
+    );
+    assert!(
+        !vars.iter().any(|v| v.starts_with("LD_LIBRARY_PATH=")),
+        "{vars:?}"
+    );
+    assert!(!vars.iter().any(|v| v.starts_with("HUSKENV_")), "{vars:?}");
+    assert!(
+        vars.contains(&format!("HUSK_CONTAINER={}", img.display()).as_str()),
+        "{vars:?}"
+    );
+}
+
+#[test]
+fn exit_status_passes_through() {
+    if env().is_none() {
+        return;
+    }
+    for (kind, img) in all_kinds() {
+        let r = husk(&["exec", &img_str(&img), "sh", "-c", "exit 7"]).run();
+        assert_eq!(r.code, 7, "{kind:?}: {}", r.stderr);
+    }
+}
+
+#[test]
+fn sigterm_to_husk_stops_the_container_with_143() {
+    let Some(e) = env() else { return };
+    let Some(img) = image(Kind::Sif) else { return };
+    let husk_bin = e.prefix.join("bin/husk");
+    let script = format!(
+        "{} exec {} sleep 30 & pid=$!; sleep 1; kill -TERM $pid; wait $pid; echo $?",
+        husk_bin.display(),
+        img.display()
+    );
+    let start = std::time::Instant::now();
+    let r = as_user(&["sh", "-c", &script]).run();
+    assert_eq!(r.stdout.trim(), "143", "stderr: {}", r.stderr);
+    assert!(
+        start.elapsed().as_secs() < 20,
+        "the container did not stop on SIGTERM"
+    );
+    // SIGINT sent to a husk in the foreground reaches it too (a shell's
+    // background job would ignore SIGINT, as POSIX says).
+    let mut child = husk(&["exec", &img.to_string_lossy(), "sleep", "30"])
+        .command()
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    sh(&format!("kill -INT {}", child.id()));
+    let status = child.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(2), "{status:?}");
+}
+
+#[test]
+fn missing_and_unrunnable_commands_give_127_and_126() {
+    if env().is_none() {
+        return;
+    }
+    for (kind, img) in all_kinds() {
+        let r = husk(&["exec", &img_str(&img), "no-such-command"]).run();
+        assert_eq!(r.code, 127, "{kind:?}: {}", r.stderr);
+        assert!(r.stderr.contains("no-such-command"), "{}", r.stderr);
+        let r = husk(&["exec", &img_str(&img), "/no/such/file"]).run();
+        assert_eq!(r.code, 127, "{kind:?}: {}", r.stderr);
+        let r = husk(&["exec", &img_str(&img), "/etc/passwd"]).run();
+        assert_eq!(r.code, 126, "{kind:?}: {}", r.stderr);
+        let r = husk(&["exec", &img_str(&img), "/etc"]).run();
+        assert_eq!(r.code, 126, "{kind:?}: {}", r.stderr);
+    }
+}
+
+#[test]
+fn bad_images_get_one_line_and_255() {
+    let Some(e) = env() else { return };
+    let r = husk(&["exec", "/no/such/image.sif", "true"]).run();
+    assert_one_line_error(&r, "/no/such/image.sif");
+
+    let dir = e.work.join("bad-images");
+    sh(&format!("mkdir -p {0} && chmod 755 {0}", dir.display()));
+    let text = dir.join("notes.txt");
+    std::fs::write(&text, "just some text, not an image\n").unwrap();
+    let r = husk(&["exec", &img_str(&text), "true"]).run();
+    assert_one_line_error(&r, "not a SIF, squashfs or directory image");
+
+    let Some(sif) = image(Kind::Sif) else { return };
+    let data = std::fs::read(&sif).unwrap();
+    // Truncated inside the partition, and inside the header.
+    for (name, len, needle) in [
+        ("cut.sif", 40_000, "truncated"),
+        ("stub.sif", 100, "truncated"),
+    ] {
+        let p = dir.join(name);
+        std::fs::write(&p, &data[..len]).unwrap();
+        let r = husk(&["exec", &img_str(&p), "true"]).run();
+        assert_one_line_error(&r, needle);
+    }
+    // The partition descriptor turned into a data partition: no primary one.
+    let mut noprim = data.clone();
+    let table = u64::from_le_bytes(data[96..104].try_into().unwrap()) as usize;
+    let count = u64::from_le_bytes(data[88..96].try_into().unwrap()) as usize;
+    let mut patched = 0;
+    for i in 0..count {
+        let d = table + i * 585;
+        if data[d + 4] == 1 && i32::from_le_bytes(data[d..d + 4].try_into().unwrap()) == 0x4004 {
+            noprim[d + 205..d + 209].copy_from_slice(&3i32.to_le_bytes());
+            patched += 1;
+        }
+    }
+    assert_eq!(patched, 1, "fixture should have one partition");
+    let p = dir.join("noprimary.sif");
+    std::fs::write(&p, &noprim).unwrap();
+    let r = husk(&["exec", &img_str(&p), "true"]).run();
+    assert_one_line_error(&r, "no primary partition");
+}
+
+#[test]
+fn unreadable_bind_sources_are_refused() {
+    let Some(e) = env() else { return };
+    let Some(img) = image(Kind::Sif) else { return };
+    let secret = e.work.join("root-only");
+    sh(&format!("mkdir -p {0} && chmod 700 {0}", secret.display()));
+    let missing = e.work.join("does-not-exist");
+    let link = e.home.join("shadow-link");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink("/etc/shadow", &link).unwrap();
+    for src in [
+        "/etc/shadow".to_string(),
+        secret.to_string_lossy().into_owned(),
+        missing.to_string_lossy().into_owned(),
+        link.to_string_lossy().into_owned(),
+    ] {
+        let spec = format!("{src}:/mnt/x");
+        let r = husk(&["exec", "-B", &spec, &img_str(&img), "true"]).run();
+        assert_one_line_error(&r, "not found or not accessible");
+        // The message is the same whether the object exists or not.
+        assert!(r.stderr.contains(&src), "{}", r.stderr);
+    }
+    let _ = std::fs::remove_file(&link);
+}
+
+#[test]
+fn binds_work_and_honour_ro() {
+    let Some(e) = env() else { return };
+    let Some(img) = image(Kind::Sif) else { return };
+    let data = e.work.join("bind-data");
+    sh(&format!(
+        "mkdir -p {0} && chown {1} {0} && echo payload > {0}/f && chown {1} {0}/f",
+        data.display(),
+        e.user
+    ));
+    let d = data.to_string_lossy();
+    let spec = format!("{d}:/mnt/data/deep:ro,{d}:/opt/rw");
+    let r = husk(&[
+        "exec",
+        "-B",
+        &spec,
+        &img_str(&img),
+        "sh",
+        "-c",
+        "cat /mnt/data/deep/f; touch /mnt/data/deep/new; echo rc=$?; touch /opt/rw/new2 && echo ok",
+    ])
+    .run();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.starts_with("payload\n"), "{}", r.stdout);
+    assert!(
+        !r.stdout.contains("rc=0"),
+        "read-only bind accepted a write: {}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("ok"), "{}", r.stdout);
+    assert!(data.join("new2").exists());
+    assert!(!data.join("new").exists());
+}
+
+#[test]
+fn the_image_and_every_mount_are_nosuid_nodev() {
+    if env().is_none() {
+        return;
+    }
+    for (kind, img) in all_kinds() {
+        let r = husk(&["exec", &img_str(&img), "cat", "/proc/self/mountinfo"]).run();
+        assert_eq!(r.code, 0, "{kind:?}: {}", r.stderr);
+        for line in r.stdout.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (mnt, opts) = (fields[4], fields[5]);
+            assert!(
+                opts.contains("nosuid"),
+                "{kind:?}: {mnt} lacks nosuid: {line}"
+            );
+            if mnt != "/dev" && !mnt.starts_with("/dev/") {
+                assert!(
+                    opts.contains("nodev"),
+                    "{kind:?}: {mnt} lacks nodev: {line}"
+                );
+            }
+            if mnt == "/" {
+                assert!(
+                    opts.split(',').any(|o| o == "ro"),
+                    "{kind:?}: root is writable: {line}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn inspect_shows_what_run_does() {
+    if env().is_none() {
+        return;
+    }
+    let Some(img) = image(Kind::Sif) else { return };
+    let r = husk(&["inspect", &img_str(&img)]).run();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout
+            .contains("format:     sif (squashfs partition at offset 45056"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("cmd:        [\"sh\"]"), "{}", r.stdout);
+    assert!(r.stdout.contains("runscript"), "{}", r.stdout);
+    let r = husk(&["version"]).run();
+    assert!(r.stdout.starts_with("husk version "), "{}", r.stdout);
+}
