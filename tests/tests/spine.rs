@@ -287,7 +287,7 @@ fn binds_work_and_honour_ro() {
         e.user
     ));
     let d = data.to_string_lossy();
-    let spec = format!("{d}:/mnt/data/deep:ro,{d}:/opt/rw");
+    let spec = format!("{d}:/mnt/data/deep:ro,{d}:/opt/rw,{d}:/bin/newdir");
     let r = husk(&[
         "exec",
         "-B",
@@ -295,7 +295,8 @@ fn binds_work_and_honour_ro() {
         &img_str(&img),
         "sh",
         "-c",
-        "cat /mnt/data/deep/f; touch /mnt/data/deep/new; echo rc=$?; touch /opt/rw/new2 && echo ok",
+        "cat /mnt/data/deep/f; touch /mnt/data/deep/new; echo rc=$?; touch /opt/rw/new2 && echo ok; \
+         cat /bin/newdir/f; test -x /bin/busybox && test -x /bin/ls && echo image-kept",
     ])
     .run();
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -305,7 +306,7 @@ fn binds_work_and_honour_ro() {
         "read-only bind accepted a write: {}",
         r.stdout
     );
-    assert!(r.stdout.contains("ok"), "{}", r.stdout);
+    assert!(r.stdout.contains("ok\npayload\nimage-kept"), "{}", r.stdout);
     assert!(data.join("new2").exists());
     assert!(!data.join("new").exists());
 }
