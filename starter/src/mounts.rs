@@ -18,7 +18,10 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 const STAGE: &CStr = c"/tmp";
 const LOWER: &CStr = c"/tmp/lower";
 const ROOT: &CStr = c"/tmp/root";
-const OVERLAY_OPTS: &CStr = c"lowerdir=/tmp/lower,upperdir=/tmp/upper,workdir=/tmp/work";
+/// Overlay metadata in the image (which a directory image's owner may craft
+/// through a filesystem they control) is never followed.
+const OVERLAY_OPTS: &CStr =
+    c"lowerdir=/tmp/lower,upperdir=/tmp/upper,workdir=/tmp/work,redirect_dir=nofollow,metacopy=off,index=off";
 
 const MAX_IDENTITY_FILE: u64 = 1 << 20;
 
