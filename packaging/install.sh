@@ -24,4 +24,24 @@ install -o root -g root -m 4755 target/release/husk-starter "$prefix/libexec/hus
 if [ ! -e "$conf" ]; then
     install -o root -g root -m 644 packaging/husk.conf "$conf"
 fi
+# The starter refuses a config unless it and every directory above it are
+# root-owned and not writable by group or others; say so now, not at first use.
+d=$(dirname "$conf")
+while :; do
+    set -- $(stat -c '%u %a' "$d")
+    if [ "$1" != 0 ] || [ $(( 0$2 & 022 )) -ne 0 ]; then
+        echo "install.sh: $d must be owned by root and not writable by group or others (the starter would refuse $conf)" >&2
+        exit 1
+    fi
+    [ "$d" = / ] && break
+    d=$(dirname "$d")
+done
+d=$prefix/libexec/husk
+while [ "$d" != / ]; do
+    set -- $(stat -c '%a' "$d")
+    if [ $(( 0$1 & 01 )) -eq 0 ]; then
+        echo "install.sh: warning: $d is not searchable by other users, who then cannot run husk (chmod o+x it)" >&2
+    fi
+    d=$(dirname "$d")
+done
 echo "installed husk in $prefix (config $conf)"

@@ -9,27 +9,32 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 const PREFIXES: [&[u8]; 3] = [b"SINGULARITYENV_", b"APPTAINERENV_", b"HUSKENV_"];
 const NOT_FROM_HOST: [&[u8]; 3] = [b"PATH", b"LD_LIBRARY_PATH", b"HOME"];
 
-/// An ordered list of variables; setting a name again replaces its value in place.
+/// An ordered list of variables; setting a name again replaces its value in
+/// place. Also remembers what the user forced, so that a wrapper that sources
+/// an image's environment scripts can restore it afterwards.
 #[derive(Default, Debug)]
-pub struct Env(Vec<(Vec<u8>, Vec<u8>)>);
+pub struct Env {
+    vars: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Names set through HUSKENV_ (and its Apptainer aliases).
+    pub forced: Vec<Vec<u8>>,
+    pub prepend_path: Option<Vec<u8>>,
+    pub append_path: Option<Vec<u8>>,
+}
 
 impl Env {
     pub fn set(&mut self, k: &[u8], v: &[u8]) {
-        match self.0.iter_mut().find(|(n, _)| n == k) {
+        match self.vars.iter_mut().find(|(n, _)| n == k) {
             Some(e) => e.1 = v.to_vec(),
-            None => self.0.push((k.to_vec(), v.to_vec())),
+            None => self.vars.push((k.to_vec(), v.to_vec())),
         }
     }
 
     pub fn get(&self, k: &[u8]) -> Option<&[u8]> {
-        self.0.iter().find(|(n, _)| n == k).map(|(_, v)| &v[..])
+        self.vars.iter().find(|(n, _)| n == k).map(|(_, v)| &v[..])
     }
 
     pub fn entries(&self) -> Vec<Vec<u8>> {
-        self.0
-            .iter()
-            .map(|(k, v)| [&k[..], b"=", &v[..]].concat())
-            .collect()
+        self.vars.iter().map(|(k, v)| [&k[..], b"=", &v[..]].concat()).collect()
     }
 }
 
@@ -74,24 +79,27 @@ pub fn compute(i: &Inputs<'_>) -> Env {
                 b"" => {}
                 b"PREPEND_PATH" => prepend = Some(v.clone()),
                 b"APPEND_PATH" => append = Some(v.clone()),
-                _ => env.set(name, v),
+                _ => {
+                    env.set(name, v);
+                    if !env.forced.iter().any(|f| f == name) {
+                        env.forced.push(name.to_vec());
+                    }
+                }
             }
         }
     }
     let mut path = env.get(b"PATH").unwrap_or(DEFAULT_PATH.as_bytes()).to_vec();
-    if let Some(p) = prepend {
+    if let Some(p) = &prepend {
         path = [&p[..], b":", &path[..]].concat();
     }
-    if let Some(a) = append {
+    if let Some(a) = &append {
         path = [&path[..], b":", &a[..]].concat();
     }
     env.set(b"PATH", &path);
+    env.prepend_path = prepend;
+    env.append_path = append;
     env.set(b"HOME", i.home);
-    for k in [
-        "HUSK_CONTAINER",
-        "APPTAINER_CONTAINER",
-        "SINGULARITY_CONTAINER",
-    ] {
+    for k in ["HUSK_CONTAINER", "APPTAINER_CONTAINER", "SINGULARITY_CONTAINER"] {
         env.set(k.as_bytes(), i.container);
     }
     for k in ["HUSK_NAME", "APPTAINER_NAME", "SINGULARITY_NAME"] {
@@ -105,10 +113,7 @@ mod tests {
     use super::*;
 
     fn host(pairs: &[(&str, &str)]) -> Vec<(Vec<u8>, Vec<u8>)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect()
     }
 
     fn run(h: &[(&str, &str)], image: &[&str]) -> Env {
@@ -159,6 +164,7 @@ mod tests {
         assert_eq!(e.get(b"W"), Some(&b"app"[..]));
         assert_eq!(e.get(b"PATH"), Some(&b"/img/bin"[..]));
         assert_eq!(e.get(b"HUSKENV_V"), None);
+        assert_eq!(e.forced, vec![b"W".to_vec(), b"V".to_vec()]);
     }
 
     #[test]

@@ -31,11 +31,7 @@ pub struct ImageInfo {
 }
 
 fn strings(v: &Value) -> Option<Vec<String>> {
-    v.as_array().map(|a| {
-        a.iter()
-            .filter_map(|s| s.as_str().map(str::to_owned))
-            .collect()
-    })
+    v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
 }
 
 /// Parse an OCI image config, either whole (`{"config": {...}}`) or just its
@@ -47,10 +43,7 @@ pub fn parse_oci_config(data: &[u8]) -> Result<OciConfig> {
         env: c.get("Env").and_then(strings).unwrap_or_default(),
         entrypoint: c.get("Entrypoint").and_then(strings),
         cmd: c.get("Cmd").and_then(strings),
-        working_dir: c
-            .get("WorkingDir")
-            .and_then(|s| s.as_str())
-            .map(str::to_owned),
+        working_dir: c.get("WorkingDir").and_then(|s| s.as_str()).map(str::to_owned),
         user: c.get("User").and_then(|s| s.as_str()).map(str::to_owned),
     })
 }
@@ -63,19 +56,17 @@ pub fn open(arg: &str) -> Result<ImageInfo> {
     let shown = path.display().to_string();
     let meta = std::fs::metadata(&path).with_context(|| format!("image {shown}"))?;
     if meta.is_dir() {
+        let apptainer = dir_metadata(&path);
         return Ok(ImageInfo {
             path,
             kind: ImageKind::Dir,
             config: OciConfig::default(),
-            apptainer: None,
+            apptainer,
         });
     }
     let mut f = File::open(&path).map_err(|e| anyhow!("image {shown}: {}", crate::describe(&e)))?;
     let mut head = Vec::with_capacity(64);
-    (&mut f)
-        .take(64)
-        .read_to_end(&mut head)
-        .with_context(|| format!("image {shown}"))?;
+    (&mut f).take(64).read_to_end(&mut head).with_context(|| format!("image {shown}"))?;
     if head.starts_with(b"hsqs") {
         return Ok(ImageInfo {
             path,
@@ -88,13 +79,8 @@ pub fn open(arg: &str) -> Result<ImageInfo> {
         bail!("image {shown}: not a SIF, squashfs or directory image");
     }
     let s = Sif::read(&mut f).map_err(|e| anyhow!("image {shown}: {e}"))?;
-    let part = s
-        .primary_partition()
-        .map_err(|e| anyhow!("image {shown}: {e}"))?;
-    let kind = ImageKind::Sif {
-        offset: part.offset,
-        size: part.size,
-    };
+    let part = s.primary_partition().map_err(|e| anyhow!("image {shown}: {e}"))?;
+    let kind = ImageKind::Sif { offset: part.offset, size: part.size };
     let config = match s
         .json_object(&mut f, "oci-config.json")
         .map_err(|e| anyhow!("image {shown}: {e}"))?
@@ -106,12 +92,34 @@ pub fn open(arg: &str) -> Result<ImageInfo> {
         .json_object(&mut f, "inspect-metadata.json")
         .map_err(|e| anyhow!("image {shown}: {e}"))?
         .and_then(|d| serde_json::from_slice::<Value>(&d).ok());
-    Ok(ImageInfo {
-        path,
-        kind,
-        config,
-        apptainer,
-    })
+    Ok(ImageInfo { path, kind, config, apptainer })
+}
+
+/// A directory image's `/.singularity.d` files, in the shape of Apptainer's
+/// SIF inspect metadata. Read as the caller; unreadable files are left out.
+fn dir_metadata(root: &Path) -> Option<Value> {
+    let d = root.join(".singularity.d");
+    if !d.is_dir() {
+        return None;
+    }
+    let read = |p: PathBuf| std::fs::read_to_string(p).ok();
+    let labels = read(d.join("labels.json")).and_then(|t| serde_json::from_str::<Value>(&t).ok());
+    let mut environment = serde_json::Map::new();
+    if let Ok(entries) = std::fs::read_dir(d.join("env")) {
+        let mut names: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        names.sort();
+        for p in names.into_iter().filter(|p| p.extension().is_some_and(|e| e == "sh")) {
+            if let Some(text) = read(p.clone()) {
+                let key = format!("/.singularity.d/env/{}", p.file_name()?.to_string_lossy());
+                environment.insert(key, Value::String(text));
+            }
+        }
+    }
+    Some(serde_json::json!({"data": {"attributes": {
+        "labels": labels,
+        "runscript": read(d.join("runscript")),
+        "environment": environment,
+    }}}))
 }
 
 impl ImageInfo {
@@ -131,9 +139,7 @@ impl ImageInfo {
     /// can look; inside a squashfs the wrapper looks at run time.
     pub fn may_have_runscript(&self) -> bool {
         match self.kind {
-            ImageKind::Dir => Path::new(&self.path)
-                .join(".singularity.d/runscript")
-                .exists(),
+            ImageKind::Dir => Path::new(&self.path).join(".singularity.d/runscript").exists(),
             _ => true,
         }
     }
@@ -142,11 +148,30 @@ impl ImageInfo {
         self.apptainer.as_ref()?.pointer("/data/attributes/labels")
     }
 
+    /// Whether the image's Apptainer environment scripts set anything that
+    /// husk does not already take from the OCI config. The script Apptainer
+    /// writes from a Docker image's ENV mirrors that config.
+    pub fn env_scripts_matter(&self) -> bool {
+        let Some(scripts) = self
+            .apptainer
+            .as_ref()
+            .and_then(|a| a.pointer("/data/attributes/environment"))
+            .and_then(Value::as_object)
+        else {
+            return false;
+        };
+        scripts.iter().any(|(name, body)| {
+            if name.ends_with("/10-docker2singularity.sh") && !self.config.env.is_empty() {
+                return false;
+            }
+            body.as_str().is_some_and(|b| {
+                b.lines().map(str::trim).any(|l| !l.is_empty() && !l.starts_with('#'))
+            })
+        })
+    }
+
     pub fn runscript(&self) -> Option<&str> {
-        self.apptainer
-            .as_ref()?
-            .pointer("/data/attributes/runscript")?
-            .as_str()
+        self.apptainer.as_ref()?.pointer("/data/attributes/runscript")?.as_str()
     }
 }
 

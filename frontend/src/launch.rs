@@ -20,15 +20,32 @@ pub enum Action {
     Shell,
 }
 
-/// Sources Apptainer's environment scripts, then runs the runscript with the
-/// arguments, as Apptainer's `run` does; `/bin/sh` when there is none.
-const RUN_WRAPPER: &str = r#"for f in /.singularity.d/env/*.sh; do if [ -r "$f" ]; then . "$f"; fi; done
-if [ -x /.singularity.d/runscript ]; then exec /.singularity.d/runscript "$@"; fi
+/// The start of every wrapper: source Apptainer's environment scripts as
+/// Apptainer does, then restore what the user forced (HUSKENV_ names in
+/// HUSK_KEEP_ENV, PATH additions), since the scripts may overwrite it. Values
+/// are only ever expanded, never evaluated: `eval` sees variable names,
+/// which husk checked are shell names.
+const ENV_PROLOGUE: &str = r#"__husk_path=$PATH
+for __husk_n in $HUSK_KEEP_ENV; do eval "__husk_keep_$__husk_n=\${$__husk_n}"; done
+for __husk_f in /.singularity.d/env/*.sh; do if [ -r "$__husk_f" ]; then . "$__husk_f"; fi; done
+for __husk_n in $HUSK_KEEP_ENV; do eval "export $__husk_n=\"\${__husk_keep_$__husk_n}\"; unset __husk_keep_$__husk_n"; done
+if [ "$PATH" != "$__husk_path" ]; then
+  if [ -n "$HUSK_PREPEND_PATH" ]; then PATH="$HUSK_PREPEND_PATH:$PATH"; fi
+  if [ -n "$HUSK_APPEND_PATH" ]; then PATH="$PATH:$HUSK_APPEND_PATH"; fi
+fi
+export PATH
+unset __husk_n __husk_f __husk_path HUSK_KEEP_ENV HUSK_PREPEND_PATH HUSK_APPEND_PATH
+"#;
+
+/// `run`: the runscript with the arguments, as Apptainer's `run` does; `/bin/sh` when there is none.
+const RUN_MAIN: &str = r#"if [ -x /.singularity.d/runscript ]; then exec /.singularity.d/runscript "$@"; fi
 exec /bin/sh "$@""#;
 
-const SHELL_WRAPPER: &str = r#"for f in /.singularity.d/env/*.sh; do if [ -r "$f" ]; then . "$f"; fi; done
-if [ -x /bin/bash ]; then exec /bin/bash --norc "$@"; fi
-exec /bin/sh "$@""#;
+const SHELL_MAIN: &str = r#"if [ -x /bin/bash ]; then SHELL=/bin/bash; export SHELL; exec /bin/bash --norc "$@"; fi
+SHELL=/bin/sh; export SHELL; exec /bin/sh "$@""#;
+
+/// `exec` on an image whose environment scripts matter.
+const EXEC_MAIN: &str = r#"exec "$@""#;
 
 /// Host directories whose contents the image provides: never bound as cwd.
 const SYSTEM_DIRS: &[&str] = &[
@@ -40,13 +57,9 @@ fn is_under(p: &[u8], dir: &[u8]) -> bool {
     dir == b"/" || p == dir || (p.starts_with(dir) && p.get(dir.len()) == Some(&b'/'))
 }
 
-fn wrapper(script: &str, name: &str, args: &[String]) -> Vec<String> {
-    let mut v = vec![
-        "/bin/sh".to_string(),
-        "-c".to_string(),
-        script.to_string(),
-        name.to_string(),
-    ];
+fn wrapper(main: &str, name: &str, args: &[String]) -> Vec<String> {
+    let script = format!("{ENV_PROLOGUE}{main}");
+    let mut v = vec!["/bin/sh".to_string(), "-c".to_string(), script, name.to_string()];
     v.extend(args.iter().cloned());
     v
 }
@@ -55,7 +68,7 @@ fn wrapper(script: &str, name: &str, args: &[String]) -> Vec<String> {
 /// OCI rule (ENTRYPOINT + CMD, arguments replacing CMD), else `/bin/sh`.
 fn run_argv(img: &ImageInfo, args: &[String]) -> Vec<String> {
     if img.may_have_runscript() {
-        return wrapper(RUN_WRAPPER, "husk-run", args);
+        return wrapper(RUN_MAIN, "husk-run", args);
     }
     let (ep, cmd) = (&img.config.entrypoint, &img.config.cmd);
     if ep.as_ref().is_none_or(Vec::is_empty) && cmd.as_ref().is_none_or(Vec::is_empty) {
@@ -75,25 +88,15 @@ fn run_argv(img: &ImageInfo, args: &[String]) -> Vec<String> {
 fn shell_argv(shell: Option<&OsStr>) -> Vec<Vec<u8>> {
     match shell {
         Some(s) if !s.is_empty() => vec![s.as_bytes().to_vec()],
-        _ => wrapper(SHELL_WRAPPER, "husk-shell", &[])
-            .into_iter()
-            .map(String::into_bytes)
-            .collect(),
+        _ => wrapper(SHELL_MAIN, "husk-shell", &[]).into_iter().map(String::into_bytes).collect(),
     }
 }
 
 /// A normal absolute path in the container: no `.`/`..`, no doubled or trailing `/`.
 fn container_path(flag: &str, p: &str) -> Result<Vec<u8>> {
-    let trimmed = if p.len() > 1 {
-        p.trim_end_matches('/')
-    } else {
-        p
-    };
+    let trimmed = if p.len() > 1 { p.trim_end_matches('/') } else { p };
     husk_protocol::check_path("path", trimmed.as_bytes()).map_err(|e| {
-        anyhow!(
-            "{flag} {p}: must be an absolute path without '.' or '..' ({})",
-            e.reason
-        )
+        anyhow!("{flag} {p}: must be an absolute path without '.' or '..' ({})", e.reason)
     })?;
     Ok(trimmed.as_bytes().to_vec())
 }
@@ -102,11 +105,7 @@ fn container_path(flag: &str, p: &str) -> Result<Vec<u8>> {
 fn host_source(what: &str, src: &str) -> Result<PathBuf> {
     let fail = || anyhow!("{what} {src}: not found or not accessible");
     let p = std::fs::canonicalize(src).map_err(|_| fail())?;
-    let ok = if p.is_dir() {
-        std::fs::read_dir(&p).is_ok()
-    } else {
-        File::open(&p).is_ok()
-    };
+    let ok = if p.is_dir() { std::fs::read_dir(&p).is_ok() } else { File::open(&p).is_ok() };
     if !ok {
         return Err(fail());
     }
@@ -116,11 +115,7 @@ fn host_source(what: &str, src: &str) -> Result<PathBuf> {
 /// Parse `-B` values: comma-separated `SRC[:DST[:ro|rw]]`; shallowest destination first.
 fn parse_binds(specs: &[String]) -> Result<Vec<Bind>> {
     let mut binds = Vec::new();
-    for item in specs
-        .iter()
-        .flat_map(|s| s.split(','))
-        .filter(|s| !s.is_empty())
-    {
+    for item in specs.iter().flat_map(|s| s.split(',')).filter(|s| !s.is_empty()) {
         let parts: Vec<&str> = item.split(':').collect();
         let readonly = match parts.get(2) {
             None | Some(&"rw") => false,
@@ -131,15 +126,16 @@ fn parse_binds(specs: &[String]) -> Result<Vec<Bind>> {
             bail!("--bind {item}: expected SRC[:DST[:ro|rw]]");
         }
         let src = host_source("bind source", parts[0])?;
-        let dst = container_path("--bind", parts.get(1).copied().unwrap_or(parts[0]))?;
+        let dst = parts.get(1).copied().unwrap_or(parts[0]);
+        let dst = container_path("--bind", dst).map_err(|_| {
+            anyhow!(
+                "--bind {item}: destination '{dst}' is not an absolute path without '.' or '..'"
+            )
+        })?;
         if dst == b"/" {
             bail!("--bind {item}: cannot bind over the container root");
         }
-        binds.push(Bind {
-            src: src.as_os_str().as_bytes().to_vec(),
-            dst,
-            readonly,
-        });
+        binds.push(Bind { src: src.as_os_str().as_bytes().to_vec(), dst, readonly });
     }
     binds.sort_by_key(|b| b.dst.iter().filter(|&&c| c == b'/').count());
     Ok(binds)
@@ -161,23 +157,13 @@ fn identity(uid: u32, gid: u32) -> Result<(Identity, Vec<u8>)> {
         .filter(|g| !g.name.is_empty() && !g.name.contains(&b':') && !g.name.contains(&b'\n'))
         .collect();
     // GECOS may hold anything; the passwd line cannot hold ':' or newlines.
-    let gecos = pw
-        .gecos
-        .iter()
-        .map(|&b| if b == b':' || b == b'\n' { b' ' } else { b })
-        .collect();
-    Ok((
-        Identity {
-            user_name: pw.name,
-            gecos,
-            groups,
-        },
-        pw.dir,
-    ))
+    let gecos = pw.gecos.iter().map(|&b| if b == b':' || b == b'\n' { b' ' } else { b }).collect();
+    Ok((Identity { user_name: pw.name, gecos, groups }, pw.dir))
 }
 
 /// The host cwd is bound at the same path unless it is `/`, a system
-/// directory, already visible through home, /tmp or a bind, or unreadable.
+/// directory, already visible through home or /tmp, inside (or covered by) a
+/// user bind's destination, or unreadable.
 fn cwd_bind(cwd: &[u8], home: Option<&[u8]>, tmp: bool, binds: &[Bind]) -> bool {
     if cwd == b"/"
         || SYSTEM_DIRS.iter().any(|d| is_under(cwd, d.as_bytes()))
@@ -187,24 +173,17 @@ fn cwd_bind(cwd: &[u8], home: Option<&[u8]>, tmp: bool, binds: &[Bind]) -> bool 
     }
     let visible = home.is_some_and(|h| is_under(cwd, h))
         || (tmp && (is_under(cwd, b"/tmp") || is_under(cwd, b"/var/tmp")))
-        || binds
-            .iter()
-            .any(|b| b.src == b.dst && is_under(cwd, &b.dst));
+        || binds.iter().any(|b| is_under(cwd, &b.dst));
     !visible && std::fs::read_dir(OsStr::from_bytes(cwd)).is_ok()
 }
 
 pub fn build_request(opts: &RunOpts, img: &ImageInfo, action: Action) -> Result<Request> {
     let (uid, gid) = sys::ids();
     let (ident, home) = identity(uid, gid)?;
-    let host: Vec<(Vec<u8>, Vec<u8>)> = std::env::vars_os()
-        .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
-        .collect();
+    let host: Vec<(Vec<u8>, Vec<u8>)> =
+        std::env::vars_os().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect();
     let path = img.path_bytes();
-    let name = img
-        .path
-        .file_name()
-        .map(|n| n.as_bytes().to_vec())
-        .unwrap_or_default();
+    let name = img.path.file_name().map(|n| n.as_bytes().to_vec()).unwrap_or_default();
     let environment = env::compute(&env::Inputs {
         host: &host,
         image: &img.config.env,
@@ -213,28 +192,25 @@ pub fn build_request(opts: &RunOpts, img: &ImageInfo, action: Action) -> Result<
         name: &name,
     });
     let argv: Vec<Vec<u8>> = match action {
+        Action::Exec(cmd) if img.env_scripts_matter() => {
+            wrapper(EXEC_MAIN, "husk-exec", &cmd).into_iter().map(String::into_bytes).collect()
+        }
         Action::Exec(cmd) => cmd.into_iter().map(String::into_bytes).collect(),
-        Action::Run(args) => run_argv(img, &args)
-            .into_iter()
-            .map(String::into_bytes)
-            .collect(),
+        Action::Run(args) => run_argv(img, &args).into_iter().map(String::into_bytes).collect(),
         Action::Shell => shell_argv(std::env::var_os("HUSK_SHELL").as_deref()),
     };
+    let mut env = environment.entries();
+    if argv.get(2).is_some_and(|s| s.starts_with(ENV_PROLOGUE.as_bytes())) {
+        env.extend(wrapper_env(&environment));
+    }
     let mut binds = parse_binds(&opts.bind)?;
     let home_bind = if opts.no_home {
         None
     } else {
         husk_protocol::check_path("home", &home).map_err(|_| {
-            anyhow!(
-                "home directory {} is not an absolute path",
-                String::from_utf8_lossy(&home)
-            )
+            anyhow!("home directory {} is not an absolute path", String::from_utf8_lossy(&home))
         })?;
-        Some(Bind {
-            src: home.clone(),
-            dst: home.clone(),
-            readonly: false,
-        })
+        Some(Bind { src: home.clone(), dst: home.clone(), readonly: false })
     };
     let (cwd, cwd_required) = match &opts.pwd {
         Some(p) => (container_path("--pwd", p)?, true),
@@ -242,28 +218,17 @@ pub fn build_request(opts: &RunOpts, img: &ImageInfo, action: Action) -> Result<
             let c = std::env::current_dir()
                 .map(|c| c.as_os_str().as_bytes().to_vec())
                 .unwrap_or(b"/".to_vec());
-            let c = if husk_protocol::check_path("cwd", &c).is_ok() {
-                c
-            } else {
-                b"/".to_vec()
-            };
+            let c = if husk_protocol::check_path("cwd", &c).is_ok() { c } else { b"/".to_vec() };
             if cwd_bind(&c, home_bind.as_ref().map(|h| &h.dst[..]), true, &binds) {
-                binds.push(Bind {
-                    src: c.clone(),
-                    dst: c.clone(),
-                    readonly: false,
-                });
+                binds.push(Bind { src: c.clone(), dst: c.clone(), readonly: false });
             }
             (c, false)
         }
     };
     Ok(Request {
-        image: husk_protocol::Image {
-            path,
-            kind: img.kind,
-        },
+        image: husk_protocol::Image { path, kind: img.kind },
         argv,
-        env: environment.entries(),
+        env,
         cwd,
         cwd_required,
         home: home_bind,
@@ -272,6 +237,23 @@ pub fn build_request(opts: &RunOpts, img: &ImageInfo, action: Action) -> Result<
         identity: ident,
         namespaces: Namespaces::default(),
     })
+}
+
+/// What the wrapper's prologue restores after the image's scripts ran.
+fn wrapper_env(e: &env::Env) -> Vec<Vec<u8>> {
+    let shell_name = |n: &[u8]| {
+        n.first().is_some_and(|c| c.is_ascii_alphabetic() || *c == b'_')
+            && n.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+    };
+    let keep: Vec<&[u8]> = e.forced.iter().map(|n| &n[..]).filter(|n| shell_name(n)).collect();
+    let mut v = vec![[&b"HUSK_KEEP_ENV="[..], &keep.join(&b' ')].concat()];
+    if let Some(p) = &e.prepend_path {
+        v.push([&b"HUSK_PREPEND_PATH="[..], p].concat());
+    }
+    if let Some(a) = &e.append_path {
+        v.push([&b"HUSK_APPEND_PATH="[..], a].concat());
+    }
+    v
 }
 
 /// The starter sits at `../libexec/husk/husk-starter` from the husk binary.
@@ -283,10 +265,7 @@ fn starter_path() -> Result<PathBuf> {
         .ok_or_else(|| anyhow!("husk is not installed in a prefix"))?;
     let p = prefix.join("libexec/husk/husk-starter");
     if !p.exists() {
-        bail!(
-            "starter {} not found: husk is not installed correctly",
-            p.display()
-        );
+        bail!("starter {} not found: husk is not installed correctly", p.display());
     }
     Ok(p)
 }
@@ -302,11 +281,7 @@ fn hand_over(req: &Request) -> Result<ExitCode> {
     sys::dup_to(&r, 3).context("pass request pipe")?;
     let path = CString::new(starter.as_os_str().as_bytes()).context("starter path")?;
     let err = sys::exec(&path, &[CString::new("husk-starter")?]);
-    bail!(
-        "exec starter {}: {}",
-        starter.display(),
-        crate::describe(&err)
-    )
+    bail!("exec starter {}: {}", starter.display(), crate::describe(&err))
 }
 
 pub fn exec(opts: &RunOpts, image: &str, action: Action) -> Result<ExitCode> {
@@ -334,6 +309,7 @@ pub fn inspect(image: &str, as_json: bool) -> Result<()> {
         "user": c.user,
         "labels": img.labels(),
         "runscript": img.runscript(),
+        "environment": img.apptainer.as_ref().and_then(|a| a.pointer("/data/attributes/environment")),
         "run": run,
     });
     if as_json {
@@ -351,9 +327,7 @@ pub fn inspect(image: &str, as_json: bool) -> Result<()> {
         println!("env:        {e}");
     }
     let list = |l: &Option<Vec<String>>| {
-        l.as_ref()
-            .map(|v| format!("{v:?}"))
-            .unwrap_or_else(|| "-".into())
+        l.as_ref().map(|v| format!("{v:?}")).unwrap_or_else(|| "-".into())
     };
     println!("entrypoint: {}", list(&c.entrypoint));
     println!("cmd:        {}", list(&c.cmd));
@@ -367,9 +341,7 @@ pub fn inspect(image: &str, as_json: bool) -> Result<()> {
         for (k, v) in l {
             println!(
                 "label:      {k}={}",
-                v.as_str()
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| v.to_string())
+                v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())
             );
         }
     }
@@ -401,11 +373,7 @@ mod tests {
         assert!(!cwd_bind(b"/var/tmp/x", home, true, &[]));
         // /home itself is neither a system dir nor visible.
         assert!(cwd_bind(b"/home", home, true, &[]));
-        let b = Bind {
-            src: b"/data".to_vec(),
-            dst: b"/data".to_vec(),
-            readonly: false,
-        };
+        let b = Bind { src: b"/data".to_vec(), dst: b"/data".to_vec(), readonly: false };
         assert!(!cwd_bind(b"/data/x", home, true, &[b]));
     }
 

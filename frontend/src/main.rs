@@ -39,24 +39,34 @@ pub struct RunOpts {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a command in the container
+    /// Run a command in the container (husk's options go before IMAGE)
     Exec {
         #[command(flatten)]
         opts: RunOpts,
-        /// SIF file, squashfs file or directory
-        image: String,
-        /// The command and its arguments, passed verbatim
-        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, num_args = 1..)]
-        command: Vec<String>,
+        /// SIF file, squashfs file or directory, then the command and its
+        /// arguments, passed verbatim
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            num_args = 1..,
+            value_name = "IMAGE COMMAND [ARGS]"
+        )]
+        rest: Vec<String>,
     },
     /// Run the image's default program (runscript, or ENTRYPOINT + CMD)
     Run {
         #[command(flatten)]
         opts: RunOpts,
-        image: String,
-        /// Arguments that replace the image's CMD
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
+        /// The image, then arguments that replace the image's CMD
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            num_args = 1..,
+            value_name = "IMAGE [ARGS]"
+        )]
+        rest: Vec<String>,
     },
     /// Start an interactive shell in the container
     Shell {
@@ -73,6 +83,16 @@ enum Command {
     },
     /// Print husk's version
     Version,
+}
+
+/// Split `IMAGE [--] ARGS...`: everything after the image belongs to the
+/// container, except one `--` right after it.
+fn image_and_args(mut rest: Vec<String>) -> (String, Vec<String>) {
+    let image = rest.remove(0);
+    if rest.first().is_some_and(|a| a == "--") {
+        rest.remove(0);
+    }
+    (image, rest)
 }
 
 /// A lower-case reason without Rust's "(os error N)" suffix.
@@ -94,19 +114,29 @@ fn real_main() -> Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         Err(e) => {
+            // clap's message, up to the usage, on one line.
             let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            anyhow::bail!("{first} (see husk --help)");
+            let msg: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more"))
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            let msg = msg.join(" ");
+            let msg = msg.strip_prefix("error: ").unwrap_or(&msg);
+            anyhow::bail!("{msg} (see husk --help)");
         }
     };
     match cli.cmd {
-        Command::Exec {
-            opts,
-            image,
-            command,
-        } => launch::exec(&opts, &image, launch::Action::Exec(command)),
-        Command::Run { opts, image, args } => {
+        Command::Exec { opts, rest } => {
+            let (image, command) = image_and_args(rest);
+            if command.is_empty() {
+                anyhow::bail!("exec: no COMMAND given after the image {image}");
+            }
+            launch::exec(&opts, &image, launch::Action::Exec(command))
+        }
+        Command::Run { opts, rest } => {
+            let (image, args) = image_and_args(rest);
             launch::exec(&opts, &image, launch::Action::Run(args))
         }
         Command::Shell { opts, image } => launch::exec(&opts, &image, launch::Action::Shell),

@@ -60,8 +60,7 @@ impl Sif {
         let file_size = f.metadata().map_err(|e| e.to_string())?.len();
         let mut h = [0u8; HEADER_LEN];
         f.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
-        f.read_exact(&mut h)
-            .map_err(|_| "truncated SIF header".to_string())?;
+        f.read_exact(&mut h).map_err(|_| "truncated SIF header".to_string())?;
         if !has_magic(&h) {
             return Err("not a SIF file".into());
         }
@@ -71,16 +70,12 @@ impl Sif {
             return Err(format!("SIF claims {total} descriptors"));
         }
         let table_len = total * DESCRIPTOR_LEN as u64;
-        if doff
-            .checked_add(table_len)
-            .is_none_or(|end| end > file_size)
-        {
+        if doff.checked_add(table_len).is_none_or(|end| end > file_size) {
             return Err("truncated SIF: descriptor table lies past the end of the file".into());
         }
         let mut table = vec![0u8; table_len as usize];
         f.seek(SeekFrom::Start(doff)).map_err(|e| e.to_string())?;
-        f.read_exact(&mut table)
-            .map_err(|_| "truncated SIF descriptor table".to_string())?;
+        f.read_exact(&mut table).map_err(|_| "truncated SIF descriptor table".to_string())?;
         let mut descriptors = Vec::new();
         for d in table.chunks_exact(DESCRIPTOR_LEN) {
             if d[4] == 0 {
@@ -89,10 +84,7 @@ impl Sif {
             let offset = nonneg(le_i64(d, 17), "object offset")?;
             let size = nonneg(le_i64(d, 25), "object size")?;
             let name_raw = &d[73..73 + 128];
-            let name_len = name_raw
-                .iter()
-                .position(|&b| b == 0)
-                .unwrap_or(name_raw.len());
+            let name_len = name_raw.iter().position(|&b| b == 0).unwrap_or(name_raw.len());
             descriptors.push(Descriptor {
                 data_type: le_i32(d, 0),
                 id: u32::from_le_bytes([d[5], d[6], d[7], d[8]]),
@@ -103,10 +95,7 @@ impl Sif {
                 part_type: le_i32(d, 205),
             });
         }
-        Ok(Sif {
-            descriptors,
-            file_size,
-        })
+        Ok(Sif { descriptors, file_size })
     }
 
     /// The primary system partition, which must be squashfs and lie in the file.
@@ -117,16 +106,9 @@ impl Sif {
             .find(|d| d.data_type == DATA_PARTITION && d.part_type == PART_PRIMSYS)
             .ok_or("SIF has no primary partition")?;
         if d.fs_type != FS_SQUASH {
-            return Err(format!(
-                "SIF primary partition is not squashfs (type {})",
-                d.fs_type
-            ));
+            return Err(format!("SIF primary partition is not squashfs (type {})", d.fs_type));
         }
-        if d.size == 0
-            || d.offset
-                .checked_add(d.size)
-                .is_none_or(|end| end > self.file_size)
-        {
+        if d.size == 0 || d.offset.checked_add(d.size).is_none_or(|end| end > self.file_size) {
             return Err("truncated SIF: primary partition lies past the end of the file".into());
         }
         Ok(d)
@@ -134,25 +116,17 @@ impl Sif {
 
     /// The contents of the generic JSON object called `name`, if any (at most 1 MiB).
     pub fn json_object(&self, f: &mut File, name: &str) -> Result<Option<Vec<u8>>, String> {
-        let Some(d) = self
-            .descriptors
-            .iter()
-            .find(|d| d.data_type == DATA_GENERIC_JSON && d.name == name)
+        let Some(d) =
+            self.descriptors.iter().find(|d| d.data_type == DATA_GENERIC_JSON && d.name == name)
         else {
             return Ok(None);
         };
-        if d.size > 1 << 20
-            || d.offset
-                .checked_add(d.size)
-                .is_none_or(|e| e > self.file_size)
-        {
+        if d.size > 1 << 20 || d.offset.checked_add(d.size).is_none_or(|e| e > self.file_size) {
             return Err(format!("SIF object {name} is too large or truncated"));
         }
         let mut buf = vec![0u8; d.size as usize];
-        f.seek(SeekFrom::Start(d.offset))
-            .map_err(|e| e.to_string())?;
-        f.read_exact(&mut buf)
-            .map_err(|_| format!("truncated SIF object {name}"))?;
+        f.seek(SeekFrom::Start(d.offset)).map_err(|e| e.to_string())?;
+        f.read_exact(&mut buf).map_err(|_| format!("truncated SIF object {name}"))?;
         Ok(Some(buf))
     }
 }

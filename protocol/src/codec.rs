@@ -44,9 +44,7 @@ fn options() -> impl Options {
 }
 
 pub(crate) fn encode(req: &Request) -> Result<Vec<u8>, DecodeError> {
-    let body = options()
-        .serialize(req)
-        .map_err(|e| DecodeError::Body(e.to_string()))?;
+    let body = options().serialize(req).map_err(|e| DecodeError::Body(e.to_string()))?;
     if body.len() > MAX_BODY {
         return Err(DecodeError::TooLong(body.len() as u64));
     }

@@ -5,10 +5,7 @@ fn sample() -> Request {
     Request {
         image: Image {
             path: b"/images/busybox.sif".to_vec(),
-            kind: ImageKind::Sif {
-                offset: 45056,
-                size: 745472,
-            },
+            kind: ImageKind::Sif { offset: 45056, size: 745472 },
         },
         argv: vec![b"/bin/sh".to_vec(), b"-c".to_vec(), b"echo hi".to_vec()],
         env: vec![b"PATH=/bin".to_vec(), b"A=b=c".to_vec()],
@@ -24,10 +21,7 @@ fn sample() -> Request {
         identity: Identity {
             user_name: b"alice".to_vec(),
             gecos: b"Alice".to_vec(),
-            groups: vec![GroupName {
-                gid: 1000,
-                name: b"alice".to_vec(),
-            }],
+            groups: vec![GroupName { gid: 1000, name: b"alice".to_vec() }],
         },
         namespaces: Namespaces::default(),
     }
@@ -59,15 +53,9 @@ fn bad_magic_is_refused() {
 fn oversized_length_is_refused_before_reading() {
     let mut bytes = encode(&sample()).unwrap();
     bytes[6..10].copy_from_slice(&u32::MAX.to_le_bytes());
-    assert_eq!(
-        read_frame(&bytes[..]),
-        Err(DecodeError::TooLong(u64::from(u32::MAX)))
-    );
+    assert_eq!(read_frame(&bytes[..]), Err(DecodeError::TooLong(u64::from(u32::MAX))));
     bytes[6..10].copy_from_slice(&((MAX_BODY as u32) + 1).to_le_bytes());
-    assert!(matches!(
-        read_frame(&bytes[..]),
-        Err(DecodeError::TooLong(_))
-    ));
+    assert!(matches!(read_frame(&bytes[..]), Err(DecodeError::TooLong(_))));
 }
 
 #[test]
@@ -101,26 +89,14 @@ fn huge_claimed_string_does_not_allocate() {
 
 #[test]
 fn validation_rejects_bad_paths() {
-    for p in [
-        &b"relative/x.sif"[..],
-        b"",
-        b"/a//b",
-        b"/a/../b",
-        b"/a/./b",
-        b"/a/",
-        b"/a\0b",
-        b"/",
-    ] {
+    for p in [&b"relative/x.sif"[..], b"", b"/a//b", b"/a/../b", b"/a/./b", b"/a/", b"/a\0b", b"/"]
+    {
         let mut r = sample();
         r.image.path = p.to_vec();
         assert!(validate(&r).is_err(), "{:?} accepted", p);
     }
     let mut r = sample();
-    r.binds.push(Bind {
-        src: b"/data".to_vec(),
-        dst: b"/".to_vec(),
-        readonly: true,
-    });
+    r.binds.push(Bind { src: b"/data".to_vec(), dst: b"/".to_vec(), readonly: true });
     assert!(validate(&r).is_err());
 }
 
@@ -139,10 +115,7 @@ fn validation_rejects_bad_fields() {
     r.identity.user_name = b"root:x:0:0".to_vec();
     assert!(validate(&r).is_err());
     let mut r = sample();
-    r.image.kind = ImageKind::Sif {
-        offset: u64::MAX,
-        size: 2,
-    };
+    r.image.kind = ImageKind::Sif { offset: u64::MAX, size: 2 };
     assert!(validate(&r).is_err());
 }
 

@@ -75,11 +75,7 @@ pub fn validate(req: &Request) -> Result<(), ValidationError> {
         return err("image.path", "the host root is not an image");
     }
     if let ImageKind::Sif { offset, size } = req.image.kind {
-        if size == 0
-            || offset
-                .checked_add(size)
-                .is_none_or(|end| end > i64::MAX as u64)
-        {
+        if size == 0 || offset.checked_add(size).is_none_or(|end| end > i64::MAX as u64) {
             return err("image.kind", "SIF partition bounds are invalid");
         }
     }

@@ -25,12 +25,7 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config {
-            allow_setuid: true,
-            mount_home: true,
-            mount_tmp: true,
-            bind_paths: Vec::new(),
-        }
+        Config { allow_setuid: true, mount_home: true, mount_tmp: true, bind_paths: Vec::new() }
     }
 }
 
@@ -41,9 +36,7 @@ fn check_trusted(fd: BorrowedFd<'_>, what: &str) -> Result<sys::Stat> {
         return Err(Error::new(format!("config {what}: not owned by root")));
     }
     if st.st_mode & 0o022 != 0 {
-        return Err(Error::new(format!(
-            "config {what}: writable by group or others"
-        )));
+        return Err(Error::new(format!("config {what}: writable by group or others")));
     }
     Ok(st)
 }
@@ -90,9 +83,7 @@ pub fn load() -> Result<Config> {
         .read_to_string(&mut text)
         .ctx(|| format!("config {CONFIG_PATH}"))?;
     if text.len() as u64 > MAX_CONFIG {
-        return Err(Error::new(format!(
-            "config {CONFIG_PATH}: larger than 64 KiB"
-        )));
+        return Err(Error::new(format!("config {CONFIG_PATH}: larger than 64 KiB")));
     }
     parse(&text).map_err(|e| Error::new(format!("config {CONFIG_PATH}: {e}")))
 }
@@ -172,9 +163,7 @@ mod tests {
             parse("allow setuid = yes\nallow everything = yes\n").unwrap_err(),
             "line 2: unknown directive 'allow everything'"
         );
-        assert!(parse("mount home = maybe")
-            .unwrap_err()
-            .starts_with("line 1:"));
+        assert!(parse("mount home = maybe").unwrap_err().starts_with("line 1:"));
         assert!(parse("bind path = relative").is_err());
         assert!(parse("bind path = /a:/").is_err());
         assert!(parse("just words").is_err());

@@ -32,13 +32,7 @@ pub fn sanitize() -> Result<Caller> {
     sys::close_from(sys::REQUEST_FD as u32 + 1).ctx(|| "close inherited fds".into())?;
     sys::set_no_new_privs().ctx(|| "set no_new_privs".into())?;
     sys::set_not_dumpable().ctx(|| "set not dumpable".into())?;
-    Ok(Caller {
-        uid: ruid,
-        gid: rgid,
-        groups,
-        umask,
-        signals,
-    })
+    Ok(Caller { uid: ruid, gid: rgid, groups, umask, signals })
 }
 
 /// Run `f` with the caller's filesystem uid and gid, so that the kernel

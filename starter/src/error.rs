@@ -15,10 +15,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub fn new(msg: impl Into<String>) -> Self {
-        Error {
-            msg: msg.into(),
-            code: 255,
-        }
+        Error { msg: msg.into(), code: 255 }
     }
 
     pub fn with_code(mut self, code: i32) -> Self {

@@ -84,13 +84,8 @@ pub fn group(image: &[u8], user: &[u8], groups: &[(u32, &[u8])]) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    const ALICE: User<'static> = User {
-        name: b"alice",
-        uid: 1000,
-        gid: 1000,
-        gecos: b"Alice",
-        home: b"/home/alice",
-    };
+    const ALICE: User<'static> =
+        User { name: b"alice", uid: 1000, gid: 1000, gecos: b"Alice", home: b"/home/alice" };
 
     #[test]
     fn passwd_replaces_same_uid_and_keeps_shell() {
@@ -103,10 +98,7 @@ mod tests {
 
     #[test]
     fn passwd_appends_and_handles_missing_file() {
-        assert_eq!(
-            passwd(b"", &ALICE),
-            b"alice:x:1000:1000:Alice:/home/alice:/bin/sh\n"
-        );
+        assert_eq!(passwd(b"", &ALICE), b"alice:x:1000:1000:Alice:/home/alice:/bin/sh\n");
         let img = b"root:x:0:0:root:/root:/bin/sh";
         assert_eq!(
             passwd(img, &ALICE),
@@ -114,10 +106,7 @@ mod tests {
         );
         // A line with the caller's name but another uid goes away.
         let img = b"alice:x:5:5::/:/bin/false\n";
-        assert_eq!(
-            passwd(img, &ALICE),
-            b"alice:x:1000:1000:Alice:/home/alice:/bin/sh\n"
-        );
+        assert_eq!(passwd(img, &ALICE), b"alice:x:1000:1000:Alice:/home/alice:/bin/sh\n");
     }
 
     #[test]

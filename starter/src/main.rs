@@ -54,16 +54,9 @@ fn check_policy(
         )));
     }
     let ns = &req.namespaces;
-    for (on, flag) in [
-        (ns.pid, "--pid"),
-        (ns.ipc, "--ipc"),
-        (ns.net, "--net"),
-        (ns.uts, "--uts"),
-    ] {
+    for (on, flag) in [(ns.pid, "--pid"), (ns.ipc, "--ipc"), (ns.net, "--net"), (ns.uts, "--uts")] {
         if on {
-            return Err(Error::new(format!(
-                "{flag}: not supported by this starter yet"
-            )));
+            return Err(Error::new(format!("{flag}: not supported by this starter yet")));
         }
     }
     Ok(())

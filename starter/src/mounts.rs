@@ -43,11 +43,7 @@ fn detach(
     let what = || format!("bind {}", show(dst));
     let tree = sys::clone_tree(fd, recursive).ctx(what)?;
     sys::set_mount_attrs(tree.as_fd(), attrs, recursive).ctx(what)?;
-    Ok(Detached {
-        tree,
-        dst: dst.to_vec(),
-        is_dir,
-    })
+    Ok(Detached { tree, dst: dst.to_vec(), is_dir })
 }
 
 /// Every host object the container shows, in mount order.
@@ -57,13 +53,7 @@ fn detach_all(objs: &Objects) -> Result<Vec<Detached>> {
         detach(objs.proc_.as_fd(), b"/proc", true, true, proc_sys)?,
         detach(objs.sys_.as_fd(), b"/sys", true, true, proc_sys)?,
         // Devices must work under /dev; setuid files must not.
-        detach(
-            objs.dev.as_fd(),
-            b"/dev",
-            true,
-            true,
-            sys::MOUNT_ATTR_NOSUID,
-        )?,
+        detach(objs.dev.as_fd(), b"/dev", true, true, sys::MOUNT_ATTR_NOSUID)?,
     ];
     let sources = objs
         .etc_files
@@ -113,10 +103,8 @@ pub fn build(req: &Request, caller: &Caller, objs: Objects) -> Result<()> {
     )
     .ctx(|| "mount container root overlay".into())?;
     let root = sys::open(ROOT, libc::O_PATH | libc::O_DIRECTORY).ctx(|| "open root".into())?;
-    let tree = Tree {
-        overlay_dev: sys::fstat(root.as_fd()).ctx(|| "stat root".into())?.st_dev,
-        root,
-    };
+    let tree =
+        Tree { overlay_dev: sys::fstat(root.as_fd()).ctx(|| "stat root".into())?.st_dev, root };
 
     write_identity(&tree, req, caller)?;
 
@@ -142,12 +130,7 @@ fn stage() -> Result<()> {
     )
     .ctx(|| "mount staging tmpfs".into())?;
     let stage = sys::open(STAGE, libc::O_PATH | libc::O_DIRECTORY).ctx(|| "open staging".into())?;
-    for (name, mode) in [
-        (c"lower", 0o755),
-        (c"upper", 0o755),
-        (c"work", 0o700),
-        (c"root", 0o755),
-    ] {
+    for (name, mode) in [(c"lower", 0o755), (c"upper", 0o755), (c"work", 0o700), (c"root", 0o755)] {
         sys::mkdirat(stage.as_fd(), name, mode).ctx(|| format!("mkdir staging {name:?}"))?;
     }
     Ok(())
@@ -179,10 +162,7 @@ fn attach_loop(img: &Image) -> Result<(OwnedFd, CString)> {
             Err(e) => return Err(Error::io("configure loop device", e)),
         }
     }
-    Err(Error::io(
-        "configure loop device",
-        last.unwrap_or_else(|| std::io::Error::other("busy")),
-    ))
+    Err(Error::io("configure loop device", last.unwrap_or_else(|| std::io::Error::other("busy"))))
 }
 
 /// The container root and the device number of its overlay: directories on
@@ -207,17 +187,10 @@ impl Tree {
     /// refused when it lies in a host bind.
     fn target(&self, path: &[u8], want_dir: bool) -> Result<OwnedFd> {
         let p = show(path);
-        let comps: Vec<&[u8]> = path
-            .split(|&b| b == b'/')
-            .filter(|c| !c.is_empty())
-            .collect();
-        let mut cur = sys::openat(
-            Some(self.root.as_fd()),
-            c".",
-            libc::O_PATH | libc::O_DIRECTORY,
-            0,
-        )
-        .ctx(|| "open root".into())?;
+        let comps: Vec<&[u8]> = path.split(|&b| b == b'/').filter(|c| !c.is_empty()).collect();
+        let mut cur =
+            sys::openat(Some(self.root.as_fd()), c".", libc::O_PATH | libc::O_DIRECTORY, 0)
+                .ctx(|| "open root".into())?;
         for (i, comp) in comps.iter().enumerate() {
             let last = i + 1 == comps.len();
             let dir_here = !last || want_dir;
@@ -286,12 +259,7 @@ fn read_image_file(dir: BorrowedFd<'_>, name: &CStr) -> Result<Vec<u8>> {
     let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY;
     let fd = match sys::openat(Some(dir), name, flags, 0) {
         Ok(fd) => fd,
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::ENOENT | libc::ELOOP | libc::EACCES)
-            ) =>
-        {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ELOOP | libc::EACCES)) => {
             return Ok(Vec::new())
         }
         Err(e) => return Err(Error::io(what(), e)),
@@ -300,10 +268,7 @@ fn read_image_file(dir: BorrowedFd<'_>, name: &CStr) -> Result<Vec<u8>> {
         return Ok(Vec::new());
     }
     let mut data = Vec::new();
-    std::fs::File::from(fd)
-        .take(MAX_IDENTITY_FILE)
-        .read_to_end(&mut data)
-        .ctx(what)?;
+    std::fs::File::from(fd).take(MAX_IDENTITY_FILE).read_to_end(&mut data).ctx(what)?;
     Ok(data)
 }
 
@@ -322,10 +287,7 @@ fn write_file(dir: BorrowedFd<'_>, name: &CStr, data: &[u8]) -> Result<()> {
 fn write_identity(tree: &Tree, req: &Request, caller: &Caller) -> Result<()> {
     let etc = tree.target(b"/etc", true)?;
     let (pw, gr) = as_caller(caller, || {
-        Ok((
-            read_image_file(etc.as_fd(), c"passwd")?,
-            read_image_file(etc.as_fd(), c"group")?,
-        ))
+        Ok((read_image_file(etc.as_fd(), c"passwd")?, read_image_file(etc.as_fd(), c"group")?))
     })?;
     let home = req.home.as_ref().map_or(&b"/"[..], |h| &h.dst[..]);
     let user = identity::User {
@@ -346,11 +308,7 @@ fn write_identity(tree: &Tree, req: &Request, caller: &Caller) -> Result<()> {
         })
         .collect();
     write_file(etc.as_fd(), c"passwd", &identity::passwd(&pw, &user))?;
-    write_file(
-        etc.as_fd(),
-        c"group",
-        &identity::group(&gr, &req.identity.user_name, &groups),
-    )
+    write_file(etc.as_fd(), c"group", &identity::group(&gr, &req.identity.user_name, &groups))
 }
 
 /// Make `new_root` the root of this mount namespace and drop the old one.

@@ -70,14 +70,7 @@ fn open_image(req: &Request) -> Result<Image> {
     let fd = sys::open(&path, flags).map_err(|e| open_failed(what(), e))?;
     let st = sys::fstat(fd.as_fd()).ctx(what)?;
     let (offset, size) = match req.image.kind {
-        ImageKind::Dir => {
-            return Ok(Image {
-                fd,
-                kind: ImageKind::Dir,
-                offset: 0,
-                size: 0,
-            })
-        }
+        ImageKind::Dir => return Ok(Image { fd, kind: ImageKind::Dir, offset: 0, size: 0 }),
         ImageKind::Sif { offset, size } => (offset, size),
         ImageKind::Squashfs => (0, st.st_size as u64),
     };
@@ -86,25 +79,14 @@ fn open_image(req: &Request) -> Result<Image> {
     }
     let end = offset.checked_add(size);
     if size == 0 || end.is_none_or(|end| end > st.st_size as u64) {
-        return Err(Error::new(format!(
-            "{}: squashfs partition lies outside the file",
-            what()
-        )));
+        return Err(Error::new(format!("{}: squashfs partition lies outside the file", what())));
     }
     let mut magic = [0u8; 4];
     let n = sys::pread(fd.as_fd(), &mut magic, offset).ctx(what)?;
     if n != 4 || &magic != b"hsqs" {
-        return Err(Error::new(format!(
-            "{}: no squashfs filesystem at offset {offset}",
-            what()
-        )));
+        return Err(Error::new(format!("{}: no squashfs filesystem at offset {offset}", what())));
     }
-    Ok(Image {
-        fd,
-        kind: req.image.kind,
-        offset,
-        size,
-    })
+    Ok(Image { fd, kind: req.image.kind, offset, size })
 }
 
 /// Open a bind source as the caller: it must exist, be a directory or a
@@ -116,29 +98,17 @@ fn open_bind_source(what: &str, b: &Bind) -> Result<Source> {
     let st = sys::fstat(fd.as_fd()).ctx(|| what.clone())?;
     let is_dir = is_type(&st, libc::S_IFDIR);
     if is_dir {
-        sys::openat(
-            Some(fd.as_fd()),
-            c".",
-            libc::O_RDONLY | libc::O_DIRECTORY,
-            0,
-        )
-        .map_err(|e| open_failed(what.clone(), e))?;
+        sys::openat(Some(fd.as_fd()), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
+            .map_err(|e| open_failed(what.clone(), e))?;
     } else if is_type(&st, libc::S_IFREG) {
         let again = CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
             .map_err(|_| Error::new("fd path"))?;
         sys::open(&again, libc::O_RDONLY | libc::O_NOCTTY | libc::O_NONBLOCK)
             .map_err(|e| open_failed(what.clone(), e))?;
     } else {
-        return Err(Error::new(format!(
-            "{what}: not a directory or regular file"
-        )));
+        return Err(Error::new(format!("{what}: not a directory or regular file")));
     }
-    Ok(Source {
-        fd,
-        dst: b.dst.clone(),
-        is_dir,
-        readonly: b.readonly,
-    })
+    Ok(Source { fd, dst: b.dst.clone(), is_dir, readonly: b.readonly })
 }
 
 /// Open a host path as root (system mounts and the admin's binds).
@@ -153,16 +123,9 @@ fn open_system(path: &[u8], dst: &[u8]) -> Result<Option<Source>> {
     let st = sys::fstat(fd.as_fd()).ctx(|| what.clone())?;
     let is_dir = is_type(&st, libc::S_IFDIR);
     if !is_dir && !is_type(&st, libc::S_IFREG) {
-        return Err(Error::new(format!(
-            "{what}: not a directory or regular file"
-        )));
+        return Err(Error::new(format!("{what}: not a directory or regular file")));
     }
-    Ok(Some(Source {
-        fd,
-        dst: dst.to_vec(),
-        is_dir,
-        readonly: false,
-    }))
+    Ok(Some(Source { fd, dst: dst.to_vec(), is_dir, readonly: false }))
 }
 
 fn open_system_dir(path: &'static std::ffi::CStr) -> Result<OwnedFd> {

@@ -6,7 +6,7 @@ use crate::sys;
 use husk_protocol::Request;
 use std::convert::Infallible;
 use std::ffi::CString;
-use std::io;
+use std::io::{self, Write};
 
 const DEFAULT_PATH: &[u8] = b"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -19,18 +19,26 @@ fn chdir_cwd(req: &Request) -> Result<()> {
     let cwd = cstring(&req.cwd)?;
     match sys::chdir(&cwd) {
         Ok(()) => Ok(()),
-        Err(e) if req.cwd_required => Err(Error::io(
-            format!("working directory {}", show(&req.cwd)),
-            e,
-        )),
+        Err(e) if req.cwd_required => {
+            Err(Error::io(format!("working directory {}", show(&req.cwd)), e))
+        }
         Err(_) => {
+            // As Apptainer does: say so, and start in the home, else in `/`.
             let home = req.home.as_ref().map(|h| cstring(&h.dst)).transpose()?;
-            if let Some(h) = home {
-                if sys::chdir(&h).is_ok() {
-                    return Ok(());
+            let fallback = match home {
+                Some(h) if sys::chdir(&h).is_ok() => h,
+                _ => {
+                    sys::chdir(c"/").ctx(|| "chdir /".into())?;
+                    c"/".into()
                 }
-            }
-            sys::chdir(c"/").ctx(|| "chdir /".into())
+            };
+            let _ = writeln!(
+                std::io::stderr(),
+                "husk: warning: {} is not in the container; starting in {}",
+                show(&req.cwd),
+                fallback.to_string_lossy()
+            );
+            Ok(())
         }
     }
 }
@@ -41,27 +49,15 @@ pub fn exec(req: &Request, caller: &Caller) -> Result<Infallible> {
     sys::close_from(3).ctx(|| "close fds".into())?;
     sys::restore_signals(&caller.signals).ctx(|| "restore signals".into())?;
 
-    let argv = req
-        .argv
-        .iter()
-        .map(|a| cstring(a))
-        .collect::<Result<Vec<_>>>()?;
-    let envp = req
-        .env
-        .iter()
-        .map(|e| cstring(e))
-        .collect::<Result<Vec<_>>>()?;
+    let argv = req.argv.iter().map(|a| cstring(a)).collect::<Result<Vec<_>>>()?;
+    let envp = req.env.iter().map(|e| cstring(e)).collect::<Result<Vec<_>>>()?;
     let cmd = &req.argv[0];
     let name = show(cmd);
     if cmd.contains(&b'/') {
         let e = sys::execve(&argv[0], &argv, &envp);
         return Err(exec_error(&name, e, false));
     }
-    let path = req
-        .env
-        .iter()
-        .find_map(|e| e.strip_prefix(b"PATH="))
-        .unwrap_or(DEFAULT_PATH);
+    let path = req.env.iter().find_map(|e| e.strip_prefix(b"PATH=")).unwrap_or(DEFAULT_PATH);
     let mut denied = None;
     for dir in path.split(|&b| b == b':') {
         let dir = if dir.is_empty() { &b"."[..] } else { dir };

@@ -327,12 +327,8 @@ pub fn clone_tree(fd: BorrowedFd<'_>, recursive: bool) -> io::Result<OwnedFd> {
 /// at `fd`, and make its propagation private so that nothing mounted on it
 /// later can reach the host's mounts.
 pub fn set_mount_attrs(fd: BorrowedFd<'_>, set: u64, recursive: bool) -> io::Result<()> {
-    let attr = MountAttr {
-        attr_set: set,
-        attr_clr: 0,
-        propagation: libc::MS_PRIVATE,
-        userns_fd: 0,
-    };
+    let attr =
+        MountAttr { attr_set: set, attr_clr: 0, propagation: libc::MS_PRIVATE, userns_fd: 0 };
     let mut flags = AT_EMPTY_PATH;
     if recursive {
         flags |= AT_RECURSIVE;
@@ -475,13 +471,7 @@ fn last_cap() -> u32 {
 pub fn clear_ambient() -> io::Result<()> {
     // SAFETY: prctl with integer arguments only.
     cvt(unsafe {
-        libc::prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-            0,
-            0,
-            0,
-        )
+        libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0)
     })?;
     Ok(())
 }
@@ -504,10 +494,7 @@ const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
 /// Empty the effective, permitted and inheritable sets.
 pub fn clear_capabilities() -> io::Result<()> {
-    let hdr = CapHeader {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
+    let hdr = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
     let data = [CapData::default(); 2];
     // SAFETY: header and a two-element data array, as version 3 requires.
     cvt_long(unsafe { libc::syscall(libc::SYS_capset, &hdr as *const CapHeader, data.as_ptr()) })?;
@@ -516,18 +503,11 @@ pub fn clear_capabilities() -> io::Result<()> {
 
 /// The effective, permitted and inheritable sets, each as 64 bits.
 pub fn get_capabilities() -> io::Result<[u64; 3]> {
-    let hdr = CapHeader {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
+    let hdr = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
     let mut data = [CapData::default(); 2];
     // SAFETY: header and a two-element out array, as version 3 requires.
     cvt_long(unsafe {
-        libc::syscall(
-            libc::SYS_capget,
-            &hdr as *const CapHeader,
-            data.as_mut_ptr(),
-        )
+        libc::syscall(libc::SYS_capget, &hdr as *const CapHeader, data.as_mut_ptr())
     })?;
     let join = |lo: u32, hi: u32| u64::from(lo) | (u64::from(hi) << 32);
     Ok([

@@ -22,10 +22,7 @@ struct Restore {
 
 fn edit() -> Restore {
     let lock = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    Restore {
-        saved: std::fs::read(conf()).unwrap(),
-        _lock: lock,
-    }
+    Restore { saved: std::fs::read(conf()).unwrap(), _lock: lock }
 }
 
 impl Drop for Restore {
@@ -38,10 +35,7 @@ impl Drop for Restore {
             c.display()
         ));
         std::fs::write(&c, &self.saved).unwrap();
-        sh(&format!(
-            "chown root:root {0} && chmod 644 {0}",
-            c.display()
-        ));
+        sh(&format!("chown root:root {0} && chmod 644 {0}", c.display()));
     }
 }
 
@@ -72,10 +66,7 @@ fn tampered_configs_are_refused() {
         (format!("chmod 646 {c}"), "writable by group or others"),
         (format!("chmod 777 {dir}"), "writable by group or others"),
         (format!("chown {} {dir}", e.user), "not owned by root"),
-        (
-            format!("mv {c} {c}.real && ln -s {c}.real {c}"),
-            "symbolic links",
-        ),
+        (format!("mv {c} {c}.real && ln -s {c}.real {c}"), "symbolic links"),
         (format!("rm {c}"), "no such file"),
         (format!("rm {c} && mkdir {c}"), "not a regular file"),
     ] {
@@ -117,16 +108,10 @@ fn mount_home_and_tmp_no_leave_them_out() {
     let _r = edit();
     write_conf("mount home = no\nmount tmp = no\n");
     let marker = format!("husk-conf-{}", std::process::id());
-    sh(&format!(
-        "touch /tmp/{marker} {}/{marker}",
-        e.home.display()
-    ));
+    sh(&format!("touch /tmp/{marker} {}/{marker}", e.home.display()));
     let script = format!("ls /tmp/{marker} $HOME/{marker} 2>/dev/null; echo done");
     let r = husk(&["exec", &img.to_string_lossy(), "sh", "-c", &script]).run();
-    sh(&format!(
-        "rm -f /tmp/{marker} {}/{marker}",
-        e.home.display()
-    ));
+    sh(&format!("rm -f /tmp/{marker} {}/{marker}", e.home.display()));
     assert_eq!((r.code, r.stdout.as_str()), (0, "done\n"), "{}", r.stderr);
 }
 
@@ -135,15 +120,9 @@ fn bind_path_adds_site_binds() {
     let Some(e) = env() else { return };
     let Some(img) = image(Kind::Sif) else { return };
     let site = e.work.join("site-data");
-    sh(&format!(
-        "mkdir -p {0} && echo site > {0}/f && chmod -R a+rX {0}",
-        site.display()
-    ));
+    sh(&format!("mkdir -p {0} && echo site > {0}/f && chmod -R a+rX {0}", site.display()));
     let _r = edit();
-    write_conf(&format!(
-        "bind path = {}:/site\nbind path = /no/such/host/path\n",
-        site.display()
-    ));
+    write_conf(&format!("bind path = {}:/site\nbind path = /no/such/host/path\n", site.display()));
     let r = husk(&["exec", &img.to_string_lossy(), "cat", "/site/f"]).run();
     assert_eq!((r.code, r.stdout.as_str()), (0, "site\n"), "{}", r.stderr);
 }

@@ -20,11 +20,7 @@ fn husk_processes() -> Vec<String> {
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         if let Ok(exe) = std::fs::read_link(entry.path().join("exe")) {
             if exe.starts_with(&e.prefix) || exe.starts_with(&e.work) {
-                found.push(format!(
-                    "{} {}",
-                    entry.file_name().to_string_lossy(),
-                    exe.display()
-                ));
+                found.push(format!("{} {}", entry.file_name().to_string_lossy(), exe.display()));
             }
         }
     }
@@ -59,9 +55,5 @@ fn two_hundred_runs_leave_nothing_behind() {
     }
     assert_eq!(loops(), l0, "loop devices left behind");
     assert_eq!(mounts(), m0, "host mount table changed");
-    assert_eq!(
-        husk_processes(),
-        Vec::<String>::new(),
-        "husk processes left behind"
-    );
+    assert_eq!(husk_processes(), Vec::<String>::new(), "husk processes left behind");
 }

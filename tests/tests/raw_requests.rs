@@ -7,19 +7,12 @@ use common::*;
 use husk_protocol::*;
 
 fn starter() -> String {
-    env()
-        .unwrap()
-        .prefix
-        .join("libexec/husk/husk-starter")
-        .to_string_lossy()
-        .into_owned()
+    env().unwrap().prefix.join("libexec/husk/husk-starter").to_string_lossy().into_owned()
 }
 
 /// Run the starter as the test user with `bytes` on its fd 3 (a pipe).
 fn send(bytes: Vec<u8>) -> Run {
-    as_user(&["sh", "-c", "exec \"$0\" 3<&0 </dev/null", &starter()])
-        .stdin(bytes)
-        .run()
+    as_user(&["sh", "-c", "exec \"$0\" 3<&0 </dev/null", &starter()]).stdin(bytes).run()
 }
 
 fn valid_request(argv: &[&str]) -> Request {
@@ -28,10 +21,7 @@ fn valid_request(argv: &[&str]) -> Request {
     let (offset, size) = sif_partition(&img);
     let kind = ImageKind::Sif { offset, size };
     Request {
-        image: Image {
-            path: img.to_string_lossy().as_bytes().to_vec(),
-            kind,
-        },
+        image: Image { path: img.to_string_lossy().as_bytes().to_vec(), kind },
         argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
         env: vec![b"PATH=/bin".to_vec()],
         cwd: b"/".to_vec(),
@@ -39,11 +29,7 @@ fn valid_request(argv: &[&str]) -> Request {
         home: None,
         mount_tmp: false,
         binds: vec![],
-        identity: Identity {
-            user_name: e.user.as_bytes().to_vec(),
-            gecos: vec![],
-            groups: vec![],
-        },
+        identity: Identity { user_name: e.user.as_bytes().to_vec(), gecos: vec![], groups: vec![] },
         namespaces: Namespaces::default(),
     }
 }
@@ -78,12 +64,7 @@ fn a_valid_raw_request_runs() {
         return;
     }
     let r = send(encode(&valid_request(&["id", "-u"])).unwrap());
-    assert_eq!(
-        (r.code, r.stdout.trim()),
-        (0, e.uid.to_string().as_str()),
-        "{}",
-        r.stderr
-    );
+    assert_eq!((r.code, r.stdout.trim()), (0, e.uid.to_string().as_str()), "{}", r.stderr);
 }
 
 #[test]
@@ -95,16 +76,8 @@ fn malformed_frames_are_refused() {
     let body = &good[HEADER_LEN..];
     let mut cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("empty", vec![], "truncated"),
-        (
-            "garbage",
-            b"\x7fELF this is not a request at all".to_vec(),
-            "not a husk request",
-        ),
-        (
-            "oversized length",
-            header(VERSION, MAX_BODY as u32 + 1),
-            "exceeds",
-        ),
+        ("garbage", b"\x7fELF this is not a request at all".to_vec(), "not a husk request"),
+        ("oversized length", header(VERSION, MAX_BODY as u32 + 1), "exceeds"),
         ("u32::MAX length", header(VERSION, u32::MAX), "exceeds"),
         (
             "wrong version",
@@ -112,11 +85,7 @@ fn malformed_frames_are_refused() {
             "version",
         ),
         ("EOF mid-body", good[..good.len() - 5].to_vec(), "truncated"),
-        (
-            "trailing bytes",
-            [good.clone(), b"x".to_vec()].concat(),
-            "trailing",
-        ),
+        ("trailing bytes", [good.clone(), b"x".to_vec()].concat(), "trailing"),
         ("zero length", header(VERSION, 0), "truncated"),
     ];
     // A body that claims a 1 TiB string.
@@ -139,39 +108,17 @@ fn forged_fields_are_refused() {
     let mut relative = valid_request(&["id"]);
     relative.image.path = b"images/busybox.sif".to_vec();
     let mut dotdot = valid_request(&["id"]);
-    dotdot.binds.push(Bind {
-        src: b"/tmp/../etc".to_vec(),
-        dst: b"/x".to_vec(),
-        readonly: false,
-    });
+    dotdot.binds.push(Bind { src: b"/tmp/../etc".to_vec(), dst: b"/x".to_vec(), readonly: false });
     let mut shadow = valid_request(&["id"]);
-    shadow.binds.push(Bind {
-        src: b"/etc/shadow".to_vec(),
-        dst: b"/x".to_vec(),
-        readonly: false,
-    });
+    shadow.binds.push(Bind { src: b"/etc/shadow".to_vec(), dst: b"/x".to_vec(), readonly: false });
     let mut root_dir = valid_request(&["id"]);
-    root_dir.binds.push(Bind {
-        src: b"/root".to_vec(),
-        dst: b"/x".to_vec(),
-        readonly: false,
-    });
+    root_dir.binds.push(Bind { src: b"/root".to_vec(), dst: b"/x".to_vec(), readonly: false });
     let mut over_root = valid_request(&["id"]);
-    over_root.binds.push(Bind {
-        src: b"/tmp".to_vec(),
-        dst: b"/".to_vec(),
-        readonly: false,
-    });
+    over_root.binds.push(Bind { src: b"/tmp".to_vec(), dst: b"/".to_vec(), readonly: false });
     let mut bad_offset = valid_request(&["id"]);
-    bad_offset.image.kind = ImageKind::Sif {
-        offset: 0,
-        size: 4096,
-    };
+    bad_offset.image.kind = ImageKind::Sif { offset: 0, size: 4096 };
     let mut past_end = valid_request(&["id"]);
-    past_end.image.kind = ImageKind::Sif {
-        offset: 45056,
-        size: 1 << 40,
-    };
+    past_end.image.kind = ImageKind::Sif { offset: 45056, size: 1 << 40 };
     let mut host_root = valid_request(&["id"]);
     host_root.image.kind = ImageKind::Dir;
     host_root.image.path = b"/".to_vec();
@@ -191,11 +138,7 @@ fn forged_fields_are_refused() {
         ("offset without squashfs", bad_offset, "no squashfs"),
         ("partition past the end", past_end, "outside the file"),
         ("host root as image", host_root, "host root"),
-        (
-            "/etc/shadow as image",
-            shadow_image,
-            "not found or not accessible",
-        ),
+        ("/etc/shadow as image", shadow_image, "not found or not accessible"),
         ("unsupported namespace", net, "--net"),
         ("passwd injection", evil_name, "user_name"),
     ] {
@@ -210,20 +153,10 @@ fn the_starter_refuses_to_run_without_setuid() {
     let Some(e) = env() else { return };
     // A copy of the starter without the setuid bit, owned by the user.
     let copy = e.work.join("starter-copy");
-    sh(&format!(
-        "cp {} {1} && chown {2} {1} && chmod 755 {1}",
-        starter(),
-        copy.display(),
-        e.user
-    ));
-    let r = as_user(&[
-        "sh",
-        "-c",
-        "exec \"$0\" 3<&0 </dev/null",
-        &copy.to_string_lossy(),
-    ])
-    .stdin(vec![])
-    .run();
+    sh(&format!("cp {} {1} && chown {2} {1} && chmod 755 {1}", starter(), copy.display(), e.user));
+    let r = as_user(&["sh", "-c", "exec \"$0\" 3<&0 </dev/null", &copy.to_string_lossy()])
+        .stdin(vec![])
+        .run();
     assert_one_line_error(&r, "setuid");
     let _ = std::fs::remove_file(copy);
 }

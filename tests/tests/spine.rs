@@ -61,24 +61,12 @@ fn run_replaces_cmd_with_arguments() {
     }
     for (kind, img) in all_kinds() {
         let r = husk(&["run", &img_str(&img), "sh", "-c", "echo hi"]).run();
-        assert_eq!(
-            (r.code, r.stdout.as_str()),
-            (0, "hi\n"),
-            "{kind:?}: {}",
-            r.stderr
-        );
+        assert_eq!((r.code, r.stdout.as_str()), (0, "hi\n"), "{kind:?}: {}", r.stderr);
     }
     // Without arguments the runscript runs the image's CMD (sh), reading stdin.
     let sif = image(Kind::Sif).unwrap();
-    let r = husk(&["run", &img_str(&sif)])
-        .stdin(b"echo from-cmd; exit 3\n".to_vec())
-        .run();
-    assert_eq!(
-        (r.code, r.stdout.as_str()),
-        (3, "from-cmd\n"),
-        "{}",
-        r.stderr
-    );
+    let r = husk(&["run", &img_str(&sif)]).stdin(b"echo from-cmd; exit 3\n".to_vec()).run();
+    assert_eq!((r.code, r.stdout.as_str()), (3, "from-cmd\n"), "{}", r.stderr);
 }
 
 #[test]
@@ -87,18 +75,12 @@ fn home_cwd_and_tmp_are_the_hosts() {
     let Some(img) = image(Kind::Sif) else { return };
     // A cwd outside home and /tmp, owned by the user, so it must be bound.
     let cwd = e.work.join("cwd-test");
-    sh(&format!(
-        "mkdir -p {0} && chown {1} {0}",
-        cwd.display(),
-        e.user
-    ));
+    sh(&format!("mkdir -p {0} && chown {1} {0}", cwd.display(), e.user));
     let tag = format!("husk-{}", std::process::id());
     let script = format!(
         "echo h > $HOME/{tag}.home && echo c > {tag}.cwd && echo t > /tmp/{tag}.tmp && pwd"
     );
-    let r = husk(&["exec", &img_str(&img), "sh", "-c", &script])
-        .cwd(&cwd)
-        .run();
+    let r = husk(&["exec", &img_str(&img), "sh", "-c", &script]).cwd(&cwd).run();
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(r.stdout.trim(), cwd.to_string_lossy());
     for (path, want) in [
@@ -106,12 +88,7 @@ fn home_cwd_and_tmp_are_the_hosts() {
         (cwd.join(format!("{tag}.cwd")), "c\n"),
         (std::path::PathBuf::from(format!("/tmp/{tag}.tmp")), "t\n"),
     ] {
-        assert_eq!(
-            std::fs::read_to_string(&path).unwrap_or_default(),
-            want,
-            "{}",
-            path.display()
-        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap_or_default(), want, "{}", path.display());
         let _ = std::fs::remove_file(&path);
     }
 }
@@ -137,15 +114,9 @@ fn environment_rules() {
         vars.contains(&"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
         "{vars:?}"
     );
-    assert!(
-        !vars.iter().any(|v| v.starts_with("LD_LIBRARY_PATH=")),
-        "{vars:?}"
-    );
+    assert!(!vars.iter().any(|v| v.starts_with("LD_LIBRARY_PATH=")), "{vars:?}");
     assert!(!vars.iter().any(|v| v.starts_with("HUSKENV_")), "{vars:?}");
-    assert!(
-        vars.contains(&format!("HUSK_CONTAINER={}", img.display()).as_str()),
-        "{vars:?}"
-    );
+    assert!(vars.contains(&format!("HUSK_CONTAINER={}", img.display()).as_str()), "{vars:?}");
 }
 
 #[test]
@@ -172,16 +143,11 @@ fn sigterm_to_husk_stops_the_container_with_143() {
     let start = std::time::Instant::now();
     let r = as_user(&["sh", "-c", &script]).run();
     assert_eq!(r.stdout.trim(), "143", "stderr: {}", r.stderr);
-    assert!(
-        start.elapsed().as_secs() < 20,
-        "the container did not stop on SIGTERM"
-    );
+    assert!(start.elapsed().as_secs() < 20, "the container did not stop on SIGTERM");
     // SIGINT sent to a husk in the foreground reaches it too (a shell's
     // background job would ignore SIGINT, as POSIX says).
-    let mut child = husk(&["exec", &img.to_string_lossy(), "sleep", "30"])
-        .command()
-        .spawn()
-        .unwrap();
+    let mut child =
+        husk(&["exec", &img.to_string_lossy(), "sleep", "30"]).command().spawn().unwrap();
     std::thread::sleep(std::time::Duration::from_secs(1));
     sh(&format!("kill -INT {}", child.id()));
     let status = child.wait().unwrap();
@@ -223,10 +189,7 @@ fn bad_images_get_one_line_and_255() {
     let Some(sif) = image(Kind::Sif) else { return };
     let data = std::fs::read(&sif).unwrap();
     // Truncated inside the partition, and inside the header.
-    for (name, len, needle) in [
-        ("cut.sif", 40_000, "truncated"),
-        ("stub.sif", 100, "truncated"),
-    ] {
+    for (name, len, needle) in [("cut.sif", 40_000, "truncated"), ("stub.sif", 100, "truncated")] {
         let p = dir.join(name);
         std::fs::write(&p, &data[..len]).unwrap();
         let r = husk(&["exec", &img_str(&p), "true"]).run();
@@ -301,11 +264,7 @@ fn binds_work_and_honour_ro() {
     .run();
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.starts_with("payload\n"), "{}", r.stdout);
-    assert!(
-        !r.stdout.contains("rc=0"),
-        "read-only bind accepted a write: {}",
-        r.stdout
-    );
+    assert!(!r.stdout.contains("rc=0"), "read-only bind accepted a write: {}", r.stdout);
     assert!(r.stdout.contains("ok\npayload\nimage-kept"), "{}", r.stdout);
     assert!(data.join("new2").exists());
     assert!(!data.join("new").exists());
@@ -322,21 +281,12 @@ fn the_image_and_every_mount_are_nosuid_nodev() {
         for line in r.stdout.lines() {
             let fields: Vec<&str> = line.split_whitespace().collect();
             let (mnt, opts) = (fields[4], fields[5]);
-            assert!(
-                opts.contains("nosuid"),
-                "{kind:?}: {mnt} lacks nosuid: {line}"
-            );
+            assert!(opts.contains("nosuid"), "{kind:?}: {mnt} lacks nosuid: {line}");
             if mnt != "/dev" && !mnt.starts_with("/dev/") {
-                assert!(
-                    opts.contains("nodev"),
-                    "{kind:?}: {mnt} lacks nodev: {line}"
-                );
+                assert!(opts.contains("nodev"), "{kind:?}: {mnt} lacks nodev: {line}");
             }
             if mnt == "/" {
-                assert!(
-                    opts.split(',').any(|o| o == "ro"),
-                    "{kind:?}: root is writable: {line}"
-                );
+                assert!(opts.split(',').any(|o| o == "ro"), "{kind:?}: root is writable: {line}");
             }
         }
     }
@@ -351,8 +301,7 @@ fn inspect_shows_what_run_does() {
     let r = husk(&["inspect", &img_str(&img)]).run();
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(
-        r.stdout
-            .contains("format:     sif (squashfs partition at offset 45056"),
+        r.stdout.contains("format:     sif (squashfs partition at offset 45056"),
         "{}",
         r.stdout
     );
@@ -360,4 +309,98 @@ fn inspect_shows_what_run_does() {
     assert!(r.stdout.contains("runscript"), "{}", r.stdout);
     let r = husk(&["version"]).run();
     assert!(r.stdout.starts_with("husk version "), "{}", r.stdout);
+}
+
+#[test]
+fn options_after_the_image_belong_to_the_command() {
+    if env().is_none() {
+        return;
+    }
+    let Some(img) = image(Kind::Sif) else { return };
+    let i = img_str(&img);
+    let r = husk(&["exec", &i, "printf", "%s ", "-B", "/x", "--help", "--pwd"]).run();
+    assert_eq!((r.code, r.stdout.as_str()), (0, "-B /x --help --pwd "), "{}", r.stderr);
+    let r = husk(&["exec", &i, "--", "echo", "hi"]).run();
+    assert_eq!((r.code, r.stdout.as_str()), (0, "hi\n"), "{}", r.stderr);
+    let r = husk(&["run", &i, "printf", "%s", "--help"]).run();
+    assert_eq!((r.code, r.stdout.as_str()), (0, "--help"), "{}", r.stderr);
+    let r = husk(&["exec", &i]).run();
+    assert_one_line_error(&r, "no COMMAND");
+    let r = husk(&["inspect"]).run();
+    assert_one_line_error(&r, "<IMAGE>");
+}
+
+#[test]
+fn run_and_shell_keep_what_the_user_forced() {
+    if env().is_none() {
+        return;
+    }
+    let Some(img) = image(Kind::Sif) else { return };
+    let i = img_str(&img);
+    let image_path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+    // The SIF's env script resets PATH; PATH additions and HUSKENV_ survive it.
+    // (Apptainer's runscript evaluates its arguments once more, so the
+    // value is read with printenv rather than expanded in them.)
+    let r = husk(&["run", &i, "sh", "-c", "echo $PATH; printenv FOO"])
+        .env("HUSKENV_PREPEND_PATH", "/pre")
+        .env("HUSKENV_APPEND_PATH", "/post")
+        .env("HUSKENV_FOO", "a 'b' $(c)")
+        .run();
+    assert_eq!(r.stdout, format!("/pre:{image_path}:/post\na 'b' $(c)\n"), "{}", r.stderr);
+    let r = husk(&["run", &i, "sh", "-c", "echo $PATH"]).env("HUSKENV_PATH", "/p2:/bin").run();
+    assert_eq!(r.stdout, "/p2:/bin\n", "{}", r.stderr);
+    let r = husk(&["shell", &i])
+        .env("HUSKENV_PREPEND_PATH", "/pre")
+        .stdin(b"echo $SHELL; echo $PATH; id -un\n".to_vec())
+        .run();
+    let e = env().unwrap();
+    assert_eq!(r.stdout, format!("/bin/sh\n/pre:{image_path}\n{}\n", e.user), "{}", r.stderr);
+}
+
+#[test]
+fn exec_sources_environment_scripts_that_set_something() {
+    let Some(e) = env() else { return };
+    let Some(dir) = image(Kind::Dir) else { return };
+    let custom = e.work.join("images/rootfs-env");
+    sh(&format!(
+        "rm -rf {c} && cp -a {d} {c} && printf 'export FROM_SCRIPT=yes\\nexport FOO=script\\n' > {c}/.singularity.d/env/90-environment.sh",
+        c = custom.display(),
+        d = dir.display()
+    ));
+    let r = husk(&["exec", &img_str(&custom), "sh", "-c", "echo $FROM_SCRIPT $FOO"])
+        .env("HUSKENV_FOO", "user")
+        .run();
+    assert_eq!((r.code, r.stdout.as_str()), (0, "yes user\n"), "{}", r.stderr);
+    // inspect reads the directory's metadata.
+    let r = husk(&["inspect", "--json", &img_str(&custom)]).run();
+    assert!(r.stdout.contains("FROM_SCRIPT"), "{}", r.stdout);
+    assert!(r.stdout.contains("\"runscript\": \"#!/bin/sh"), "{}", r.stdout);
+    // The plain fixture's scripts only mirror its OCI config: no shell needed.
+    let sif = image(Kind::Sif).unwrap();
+    let r = husk(&["exec", &img_str(&sif), "cat", "/proc/self/cmdline"]).run();
+    assert_eq!(r.stdout, "cat\0/proc/self/cmdline\0", "{}", r.stderr);
+}
+
+#[test]
+fn an_explicit_bind_over_the_cwd_wins() {
+    let Some(e) = env() else { return };
+    let Some(img) = image(Kind::Sif) else { return };
+    let base = e.work.join("cwd-over");
+    sh(&format!(
+        "rm -rf {0} && mkdir -p {0}/here {0}/other && touch {0}/here/host-file {0}/other/bound-file && chown -R {1} {0}",
+        base.display(),
+        e.user
+    ));
+    let here = base.join("here");
+    for dst in [here.clone(), base.clone()] {
+        let spec = format!("{}/other:{}:ro", base.display(), dst.display());
+        let r = husk(&["exec", "-B", &spec, &img_str(&img), "ls"]).cwd(&here).run();
+        if dst == here {
+            assert_eq!((r.code, r.stdout.as_str()), (0, "bound-file\n"), "{}", r.stderr);
+        } else {
+            // The cwd does not exist inside the bind: start in the home, and say so.
+            assert_eq!(r.code, 0, "{}", r.stderr);
+            assert!(r.stderr.contains("warning"), "{}", r.stderr);
+        }
+    }
 }

@@ -18,14 +18,8 @@ pub struct TestEnv {
 }
 
 fn id_of(user: &str, flag: &str) -> u32 {
-    let out = Command::new("id")
-        .args([flag, user])
-        .output()
-        .expect("run id");
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .expect("numeric id")
+    let out = Command::new("id").args([flag, user]).output().expect("run id");
+    String::from_utf8_lossy(&out.stdout).trim().parse().expect("numeric id")
 }
 
 /// The installed test environment, or `None` (with a message) when the
@@ -61,10 +55,7 @@ pub fn fixture_sif() -> Option<PathBuf> {
             .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures"))
             .join("apptainer-busybox_amd64.sif");
         if !src.exists() {
-            eprintln!(
-                "skipped: {} is absent (no ../shared beside the repo)",
-                src.display()
-            );
+            eprintln!("skipped: {} is absent (no ../shared beside the repo)", src.display());
             return None;
         }
         let dir = e.work.join("images");
@@ -79,11 +70,7 @@ pub fn fixture_sif() -> Option<PathBuf> {
 
 /// Run a shell command as root for set-up; panics on failure.
 pub fn sh(cmd: &str) -> String {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .output()
-        .expect("spawn sh");
+    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("spawn sh");
     assert!(
         out.status.success(),
         "set-up command failed: {cmd}\n{}",
@@ -130,17 +117,8 @@ pub fn image(kind: Kind) -> Option<PathBuf> {
 fn offset_of(sif: &Path) -> u64 {
     let out = husk(&["inspect", "--json", &sif.to_string_lossy()]).run();
     assert_eq!(out.code, 0, "inspect failed: {}", out.stderr);
-    let v = out
-        .stdout
-        .split("\"offset\":")
-        .nth(1)
-        .expect("offset in inspect output");
-    v.trim()
-        .split(|c: char| !c.is_ascii_digit())
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
+    let v = out.stdout.split("\"offset\":").nth(1).expect("offset in inspect output");
+    v.trim().split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
 }
 
 pub fn all_kinds() -> Vec<(Kind, PathBuf)> {
@@ -159,10 +137,7 @@ pub struct Run {
 impl Run {
     fn from(out: Output) -> Run {
         use std::os::unix::process::ExitStatusExt;
-        let code = out
-            .status
-            .code()
-            .unwrap_or_else(|| 128 + out.status.signal().unwrap_or(0));
+        let code = out.status.code().unwrap_or_else(|| 128 + out.status.signal().unwrap_or(0));
         Run {
             code,
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -184,12 +159,7 @@ pub fn husk(args: &[&str]) -> UserCmd {
     let e = env().expect("test env");
     let mut argv = vec![e.prefix.join("bin/husk").to_string_lossy().into_owned()];
     argv.extend(args.iter().map(|s| s.to_string()));
-    UserCmd {
-        argv,
-        envs: vec![],
-        cwd: None,
-        stdin: None,
-    }
+    UserCmd { argv, envs: vec![], cwd: None, stdin: None }
 }
 
 /// Any program as the test user.
@@ -247,11 +217,7 @@ impl UserCmd {
         use std::io::Write;
         let mut c = self.command();
         c.stdout(Stdio::piped()).stderr(Stdio::piped());
-        c.stdin(if self.stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        });
+        c.stdin(if self.stdin.is_some() { Stdio::piped() } else { Stdio::null() });
         let mut child = c.spawn().expect("spawn setpriv");
         if let Some(data) = &self.stdin {
             let mut w = child.stdin.take().unwrap();
@@ -265,21 +231,8 @@ impl UserCmd {
 /// Assert husk failed the way every bad input must: status 255 and exactly
 /// one line on stderr that contains `needle`.
 pub fn assert_one_line_error(r: &Run, needle: &str) {
-    assert_eq!(
-        r.code, 255,
-        "want status 255, got {} (stderr: {})",
-        r.code, r.stderr
-    );
+    assert_eq!(r.code, 255, "want status 255, got {} (stderr: {})", r.code, r.stderr);
     let lines: Vec<&str> = r.stderr.lines().collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "want one line on stderr, got: {:?}",
-        r.stderr
-    );
-    assert!(
-        lines[0].contains(needle),
-        "stderr {:?} does not mention {needle:?}",
-        lines[0]
-    );
+    assert_eq!(lines.len(), 1, "want one line on stderr, got: {:?}", r.stderr);
+    assert!(lines[0].contains(needle), "stderr {:?} does not mention {needle:?}", lines[0]);
 }
