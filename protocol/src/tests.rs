@@ -115,6 +115,9 @@ fn validation_rejects_bad_fields() {
     r.identity.user_name = b"root:x:0:0".to_vec();
     assert!(validate(&r).is_err());
     let mut r = sample();
+    r.home.as_mut().unwrap().dst = b"/x\nroot:x:0:0::/:/bin/sh".to_vec();
+    assert!(validate(&r).is_err());
+    let mut r = sample();
     r.image.kind = ImageKind::Sif { offset: u64::MAX, size: 2 };
     assert!(validate(&r).is_err());
 }

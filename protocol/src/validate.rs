@@ -103,6 +103,10 @@ pub fn validate(req: &Request) -> Result<(), ValidationError> {
     check_path("cwd", &req.cwd)?;
     if let Some(home) = &req.home {
         check_bind("home", home)?;
+        // The home path becomes a field of the container's passwd line.
+        if home.dst.iter().any(|&b| b == b':' || b == b'\n') {
+            return err("home", "path contains ':' or a newline");
+        }
     }
     if req.binds.len() > MAX_BINDS {
         return err("binds", "too many binds");

@@ -35,11 +35,22 @@ pub fn sanitize() -> Result<Caller> {
     Ok(Caller { uid: ruid, gid: rgid, groups, umask, signals })
 }
 
-/// Run `f` with the caller's filesystem uid and gid, so that the kernel
-/// checks every path lookup and open against the caller's rights.
+/// Run `f` with the caller's filesystem uid and gid and no effective
+/// capabilities, so that the kernel checks every lookup and open against the
+/// caller's rights alone (CAP_SYS_PTRACE, say, would otherwise let root
+/// follow `/proc/PID/cwd` of a process the caller may not trace).
 pub fn as_caller<T>(caller: &Caller, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    if caller.uid == 0 {
+        return f();
+    }
+    sys::set_effective_capabilities(false).ctx(|| "drop effective capabilities".into())?;
     sys::set_fs_ids(caller.uid, caller.gid).ctx(|| "switch to caller's fs ids".into())?;
+    if sys::get_capabilities().ctx(|| "capget".into())?[0] != 0 {
+        return Err(Error::new("effective capabilities were not dropped"));
+    }
     let r = f();
+    // setfsuid(0) needs CAP_SETUID: capabilities first.
+    sys::set_effective_capabilities(true).ctx(|| "restore effective capabilities".into())?;
     sys::set_fs_ids(0, 0).ctx(|| "switch back from caller's fs ids".into())?;
     r
 }

@@ -103,8 +103,11 @@ pub fn build(req: &Request, caller: &Caller, objs: Objects) -> Result<()> {
     )
     .ctx(|| "mount container root overlay".into())?;
     let root = sys::open(ROOT, libc::O_PATH | libc::O_DIRECTORY).ctx(|| "open root".into())?;
-    let tree =
-        Tree { overlay_dev: sys::fstat(root.as_fd()).ctx(|| "stat root".into())?.st_dev, root };
+    let tree = Tree {
+        overlay_dev: sys::fstat(root.as_fd()).ctx(|| "stat root".into())?.st_dev,
+        root,
+        caller,
+    };
 
     write_identity(&tree, req, caller)?;
 
@@ -167,16 +170,17 @@ fn attach_loop(img: &Image) -> Result<(OwnedFd, CString)> {
 
 /// The container root and the device number of its overlay: directories on
 /// that device may be changed by the starter; any other (a host bind) never.
-struct Tree {
+struct Tree<'a> {
     root: OwnedFd,
     overlay_dev: libc::dev_t,
+    caller: &'a Caller,
 }
 
 fn kind(st: &sys::Stat) -> libc::mode_t {
     st.st_mode & libc::S_IFMT
 }
 
-impl Tree {
+impl Tree<'_> {
     fn on_overlay(&self, dir: BorrowedFd<'_>) -> Result<bool> {
         Ok(sys::fstat(dir).ctx(|| "stat mount target".into())?.st_dev == self.overlay_dev)
     }
@@ -196,12 +200,17 @@ impl Tree {
             let dir_here = !last || want_dir;
             let name =
                 CString::new(*comp).map_err(|_| Error::new(format!("mount target {p}: NUL")))?;
-            let existing =
-                match sys::openat(Some(cur.as_fd()), &name, libc::O_PATH | libc::O_NOFOLLOW, 0) {
-                    Ok(fd) => Some(fd),
-                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => None,
-                    Err(e) => return Err(Error::io(format!("mount target {p}"), e)),
-                };
+            // Inside a host bind, look as the caller: root's view would tell
+            // what exists in directories the caller may not search.
+            let on_overlay = self.on_overlay(cur.as_fd())?;
+            let look = || sys::openat(Some(cur.as_fd()), &name, libc::O_PATH | libc::O_NOFOLLOW, 0);
+            let found = if on_overlay { look() } else { as_caller(self.caller, || Ok(look()))? };
+            let existing = match found {
+                Ok(fd) => Some(fd),
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => None,
+                Err(e) if !on_overlay && e.raw_os_error() == Some(libc::EACCES) => None,
+                Err(e) => return Err(Error::io(format!("mount target {p}"), e)),
+            };
             let next = match existing {
                 Some(fd) => {
                     let k = kind(&sys::fstat(fd.as_fd()).ctx(|| format!("mount target {p}"))?);
@@ -216,7 +225,7 @@ impl Tree {
                         return Err(Error::new(format!(
                             "mount target {p}: is a directory, the source is a file"
                         )));
-                    } else if self.on_overlay(cur.as_fd())? {
+                    } else if on_overlay {
                         sys::unlinkat(cur.as_fd(), &name, 0)
                             .ctx(|| format!("replace mount target {p}"))?;
                         self.create(cur.as_fd(), &name, dir_here, &p)?
@@ -226,13 +235,11 @@ impl Tree {
                         )));
                     }
                 }
-                None if self.on_overlay(cur.as_fd())? => {
-                    self.create(cur.as_fd(), &name, dir_here, &p)?
-                }
+                None if on_overlay => self.create(cur.as_fd(), &name, dir_here, &p)?,
                 None => {
                     return Err(Error::new(format!(
-                        "mount target {p}: does not exist inside the bind that holds it"
-                    )))
+                    "mount target {p}: not found or not accessible inside the bind that holds it"
+                )))
                 }
             };
             cur = next;

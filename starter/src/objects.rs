@@ -67,7 +67,7 @@ fn open_image(req: &Request) -> Result<Image> {
         | libc::O_NOCTTY
         | libc::O_NONBLOCK
         | if dir { libc::O_DIRECTORY } else { 0 };
-    let fd = sys::open(&path, flags).map_err(|e| open_failed(what(), e))?;
+    let fd = sys::open_user_path(&path, flags).map_err(|e| open_failed(what(), e))?;
     let st = sys::fstat(fd.as_fd()).ctx(what)?;
     let (offset, size) = match req.image.kind {
         ImageKind::Dir => return Ok(Image { fd, kind: ImageKind::Dir, offset: 0, size: 0 }),
@@ -94,7 +94,7 @@ fn open_image(req: &Request) -> Result<Image> {
 fn open_bind_source(what: &str, b: &Bind) -> Result<Source> {
     let what = format!("{what} {}", show(&b.src));
     let path = cpath(&what, &b.src)?;
-    let fd = sys::open(&path, libc::O_PATH).map_err(|e| open_failed(what.clone(), e))?;
+    let fd = sys::open_user_path(&path, libc::O_PATH).map_err(|e| open_failed(what.clone(), e))?;
     let st = sys::fstat(fd.as_fd()).ctx(|| what.clone())?;
     let is_dir = is_type(&st, libc::S_IFDIR);
     if is_dir {

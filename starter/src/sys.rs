@@ -82,6 +82,16 @@ pub struct SignalState {
     mask: libc::sigset_t,
 }
 
+fn set_action(sig: libc::c_int, handler: libc::sighandler_t) -> io::Result<libc::sighandler_t> {
+    // SAFETY: a zeroed sigaction is a valid action with no flags and an
+    // empty mask; `old` is valid out storage.
+    let (mut act, mut old): (libc::sigaction, libc::sigaction) = unsafe { (zeroed(), zeroed()) };
+    act.sa_sigaction = handler;
+    // SAFETY: both pointers are valid for the call.
+    cvt(unsafe { libc::sigaction(sig, &act, &mut old) })?;
+    Ok(old.sa_sigaction)
+}
+
 /// Set every signal to its default action and unblock all; return what the
 /// caller had so that it can be restored for the payload.
 pub fn reset_signals() -> io::Result<SignalState> {
@@ -90,18 +100,17 @@ pub fn reset_signals() -> io::Result<SignalState> {
         if sig == libc::SIGKILL || sig == libc::SIGSTOP {
             continue;
         }
-        // SAFETY: a zeroed sigaction is a valid "default, no flags" action,
-        // and `old` is a valid out-pointer.
-        let (mut act, mut old): (libc::sigaction, libc::sigaction) =
-            unsafe { (zeroed(), zeroed()) };
-        act.sa_sigaction = libc::SIG_DFL;
-        // SAFETY: both pointers are valid; sig is in range. Signals the kernel
-        // reserves (glibc's internal ones) fail with EINVAL, which is ignored.
-        if unsafe { libc::sigaction(sig, &act, &mut old) } == 0 && old.sa_sigaction == libc::SIG_IGN
-        {
-            ignored.push(sig);
+        // Signals glibc reserves fail with EINVAL and are left alone. Rust's
+        // runtime ignores SIGPIPE before main, so its state says nothing
+        // about the caller's: the payload gets the default, as from a shell.
+        if let Ok(old) = set_action(sig, libc::SIG_DFL) {
+            if old == libc::SIG_IGN && sig != libc::SIGPIPE {
+                ignored.push(sig);
+            }
         }
     }
+    // While privileged, a file-size limit must fail a write, not kill us.
+    set_action(libc::SIGXFSZ, libc::SIG_IGN)?;
     // SAFETY: `empty` and `mask` are valid sigset_t storage.
     let (mut empty, mut mask): (libc::sigset_t, libc::sigset_t) = unsafe { (zeroed(), zeroed()) };
     // SAFETY: `empty` is valid storage for sigemptyset.
@@ -112,13 +121,9 @@ pub fn reset_signals() -> io::Result<SignalState> {
 }
 
 pub fn restore_signals(state: &SignalState) -> io::Result<()> {
+    set_action(libc::SIGXFSZ, libc::SIG_DFL)?;
     for &sig in &state.ignored {
-        // SAFETY: zeroed sigaction with SIG_IGN is a valid action; sig was
-        // accepted by sigaction before.
-        let mut act: libc::sigaction = unsafe { zeroed() };
-        act.sa_sigaction = libc::SIG_IGN;
-        // SAFETY: valid pointer; old action not requested.
-        cvt(unsafe { libc::sigaction(sig, &act, null_mut()) })?;
+        set_action(sig, libc::SIG_IGN)?;
     }
     // SAFETY: a valid sigset_t recorded at entry.
     cvt(unsafe { libc::sigprocmask(libc::SIG_SETMASK, &state.mask, null_mut()) })?;
@@ -232,6 +237,33 @@ pub fn openat(
     })?;
     // SAFETY: openat returned a new fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+
+/// Open a path the caller named: like `open`, but refusing `/proc` magic
+/// links (`/proc/PID/cwd`, `/proc/PID/fd/N`), whose targets need no search
+/// permission on the directories above them.
+pub fn open_user_path(path: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: a zeroed open_how is valid (all fields are integers).
+    let mut how: libc::open_how = unsafe { zeroed() };
+    how.flags = (flags | libc::O_CLOEXEC) as u64;
+    how.resolve = RESOLVE_NO_MAGICLINKS;
+    let fd = retry(|| {
+        // SAFETY: path is NUL-terminated and `how` is a valid open_how of the size passed.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                libc::AT_FDCWD,
+                path.as_ptr(),
+                &how as *const libc::open_how,
+                size_of::<libc::open_how>(),
+            )
+        };
+        cvt_long(r)
+    })?;
+    // SAFETY: openat2 returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 pub fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: libc::mode_t) -> io::Result<()> {
@@ -496,6 +528,23 @@ const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 pub fn clear_capabilities() -> io::Result<()> {
     let hdr = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
     let data = [CapData::default(); 2];
+    // SAFETY: header and a two-element data array, as version 3 requires.
+    cvt_long(unsafe { libc::syscall(libc::SYS_capset, &hdr as *const CapHeader, data.as_ptr()) })?;
+    Ok(())
+}
+
+/// Empty the effective set (keeping the permitted one), or refill it from
+/// the permitted set.
+pub fn set_effective_capabilities(on: bool) -> io::Result<()> {
+    let hdr = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: header and a two-element out array, as version 3 requires.
+    cvt_long(unsafe {
+        libc::syscall(libc::SYS_capget, &hdr as *const CapHeader, data.as_mut_ptr())
+    })?;
+    for d in &mut data {
+        d.effective = if on { d.permitted } else { 0 };
+    }
     // SAFETY: header and a two-element data array, as version 3 requires.
     cvt_long(unsafe { libc::syscall(libc::SYS_capset, &hdr as *const CapHeader, data.as_ptr()) })?;
     Ok(())

@@ -160,3 +160,102 @@ fn the_starter_refuses_to_run_without_setuid() {
     assert_one_line_error(&r, "setuid");
     let _ = std::fs::remove_file(copy);
 }
+
+/// A root process whose cwd is a world-readable directory inside a root-only
+/// one; killed when dropped.
+struct RootSleeper {
+    child: std::process::Child,
+    vault: std::path::PathBuf,
+}
+
+impl RootSleeper {
+    fn start(name: &str) -> RootSleeper {
+        let e = env().unwrap();
+        let vault = e.work.join(name);
+        sh(&format!(
+            "rm -rf {0} && mkdir -m 700 {0} && mkdir -m 755 {0}/pub && echo TOPSECRET > {0}/pub/secret && chmod 644 {0}/pub/secret",
+            vault.display()
+        ));
+        let child = std::process::Command::new("sleep")
+            .arg("60")
+            .current_dir(vault.join("pub"))
+            .spawn()
+            .unwrap();
+        RootSleeper { child, vault }
+    }
+}
+
+impl Drop for RootSleeper {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.vault);
+    }
+}
+
+#[test]
+fn proc_magic_links_do_not_bypass_directory_permissions() {
+    if env().is_none() || image(Kind::Sif).is_none() {
+        return;
+    }
+    let sleeper = RootSleeper::start("vault-magic");
+    let pid = sleeper.child.id();
+    let srcs = [
+        format!("/proc/{pid}/cwd"),
+        format!("/proc/{pid}/cwd/secret"),
+        format!("/proc/{pid}/root/etc"),
+    ];
+    for src in &srcs {
+        let mut req = valid_request(&["cat", "/x/secret"]);
+        req.binds.push(Bind { src: src.as_bytes().to_vec(), dst: b"/x".to_vec(), readonly: true });
+        let r = send(encode(&req).unwrap());
+        assert_one_line_error(&r, "not found or not accessible");
+        assert!(!r.stdout.contains("TOPSECRET"), "{src}: {}", r.stdout);
+    }
+    let mut req = valid_request(&["cat", "/secret"]);
+    req.image = Image { path: srcs[0].as_bytes().to_vec(), kind: ImageKind::Dir };
+    let r = send(encode(&req).unwrap());
+    assert_one_line_error(&r, "not found or not accessible");
+}
+
+#[test]
+fn mount_targets_inside_binds_are_no_existence_oracle() {
+    let Some(e) = env() else { return };
+    if image(Kind::Sif).is_none() {
+        return;
+    }
+    let sleeper = RootSleeper::start("vault-oracle");
+    let file = e.home.join("oracle-src");
+    std::fs::write(&file, "x").unwrap();
+    sh(&format!("chown {} {}", e.user, file.display()));
+    let vault = sleeper.vault.to_string_lossy().into_owned();
+    let mut errors = vec![];
+    for name in ["pub/secret", "pub", "nothing-here"] {
+        let mut req = valid_request(&["true"]);
+        req.binds.push(Bind { src: b"/".to_vec(), dst: b"/h".to_vec(), readonly: true });
+        let dst = format!("/h{vault}/{name}");
+        req.binds.push(Bind {
+            src: file.to_string_lossy().as_bytes().to_vec(),
+            dst: dst.as_bytes().to_vec(),
+            readonly: true,
+        });
+        let r = send(encode(&req).unwrap());
+        assert_one_line_error(&r, "not found or not accessible");
+        errors.push(r.stderr.replace(&dst, "DST"));
+    }
+    assert!(errors.iter().all(|m| m == &errors[0]), "messages differ: {errors:?}");
+    let _ = std::fs::remove_file(file);
+}
+
+#[test]
+fn home_path_cannot_inject_passwd_lines() {
+    if env().is_none() || image(Kind::Sif).is_none() {
+        return;
+    }
+    let mut req = valid_request(&["cat", "/etc/passwd"]);
+    let dst = b"/x\nroot2:x:0:0::/:/bin/sh".to_vec();
+    req.home = Some(Bind { src: b"/tmp".to_vec(), dst, readonly: false });
+    let r = send(encode(&req).unwrap());
+    assert_one_line_error(&r, "home");
+    assert!(!r.stdout.contains("root2"), "{}", r.stdout);
+}

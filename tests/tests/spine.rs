@@ -404,3 +404,31 @@ fn an_explicit_bind_over_the_cwd_wins() {
         }
     }
 }
+
+#[test]
+fn the_payload_gets_default_sigpipe() {
+    let Some(e) = env() else { return };
+    let Some(img) = image(Kind::Sif) else { return };
+    let husk_bin = e.prefix.join("bin/husk").to_string_lossy().into_owned();
+    // With SIGPIPE ignored, `yes` would spin forever once `head` exits.
+    let r =
+        as_user(&["timeout", "20", &husk_bin, "exec", &img_str(&img), "sh", "-c", "yes | head -1"])
+            .run();
+    assert_eq!((r.code, r.stdout.as_str()), (0, "y\n"), "{}", r.stderr);
+    // Ignored signals are the caller's, exactly.
+    let outside = as_user(&["grep", "SigIgn", "/proc/self/status"]).run();
+    let inside = husk(&["exec", &img_str(&img), "grep", "SigIgn", "/proc/self/status"]).run();
+    assert_eq!(inside.stdout, outside.stdout, "{}", inside.stderr);
+    let ign = u64::from_str_radix(inside.stdout.split_whitespace().nth(1).unwrap(), 16).unwrap();
+    assert_eq!(ign & (1 << 12), 0, "SIGPIPE ignored: {}", inside.stdout);
+}
+
+#[test]
+fn a_file_size_limit_fails_cleanly() {
+    let Some(e) = env() else { return };
+    let Some(img) = image(Kind::Sif) else { return };
+    let husk_bin = e.prefix.join("bin/husk").to_string_lossy().into_owned();
+    let script = format!("ulimit -f 0; exec {husk_bin} exec {} true", img.display());
+    let r = as_user(&["sh", "-c", &script]).run();
+    assert_one_line_error(&r, "file too large");
+}
