@@ -3,6 +3,8 @@
 //! mount namespace, drops to the caller for good and execs the payload.
 //! See SECURITY.md for the threat model; the phases below are in order.
 
+#![deny(unsafe_code)]
+
 mod config;
 mod entry;
 mod error;
@@ -11,6 +13,8 @@ mod mounts;
 mod objects;
 mod payload;
 mod privs;
+// The only module allowed `unsafe`: one small wrapper per system call.
+#[allow(unsafe_code)]
 mod sys;
 
 use error::{Error, Result};
