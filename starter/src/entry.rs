@@ -30,6 +30,10 @@ pub fn sanitize() -> Result<Caller> {
     let signals = sys::reset_signals().ctx(|| "reset signals".into())?;
     sys::chdir(c"/").ctx(|| "chdir /".into())?;
     sys::close_from(sys::REQUEST_FD as u32 + 1).ctx(|| "close inherited fds".into())?;
+    // A non-interactive run gets no controlling terminal (TIOCSTI, attack class 19).
+    if !sys::stdin_is_tty() {
+        sys::drop_controlling_tty();
+    }
     sys::set_no_new_privs().ctx(|| "set no_new_privs".into())?;
     sys::set_not_dumpable().ctx(|| "set not dumpable".into())?;
     Ok(Caller { uid: ruid, gid: rgid, groups, umask, signals })

@@ -18,6 +18,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 const STAGE: &CStr = c"/tmp";
 const LOWER: &CStr = c"/tmp/lower";
 const ROOT: &CStr = c"/tmp/root";
+const PROBE: &CStr = c"/tmp/probe";
 /// Overlay metadata in the image (which a directory image's owner may craft
 /// through a filesystem they control) is never followed.
 const OVERLAY_OPTS: &CStr =
@@ -76,7 +77,12 @@ pub fn build(req: &Request, caller: &Caller, objs: Objects) -> Result<()> {
     let image_tree = match objs.image.kind {
         ImageKind::Dir => {
             let attrs = sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
-            Some(detach(objs.image.fd.as_fd(), b"/", true, false, attrs)?.tree)
+            let fd = objs.image.fd.as_fd();
+            // The overlay's lower layer never crosses mounts, so it would show
+            // what a mount inside the directory hides: such a directory is
+            // refused, which the recursive copy lets us find out.
+            let probe = sys::clone_tree(fd, true).ctx(|| "clone image directory".into())?;
+            Some((detach(fd, b"/", true, false, attrs)?.tree, probe))
         }
         _ => None,
     };
@@ -87,7 +93,8 @@ pub fn build(req: &Request, caller: &Caller, objs: Objects) -> Result<()> {
     sys::umask(0);
     stage()?;
     match image_tree {
-        Some(t) => {
+        Some((t, probe)) => {
+            refuse_inner_mounts(probe, &req.image.path)?;
             let lower =
                 sys::open(LOWER, libc::O_PATH | libc::O_DIRECTORY).ctx(|| "open lower".into())?;
             sys::move_mount_to(t.as_fd(), lower.as_fd()).ctx(|| "mount image directory".into())?;
@@ -122,6 +129,23 @@ pub fn build(req: &Request, caller: &Caller, objs: Objects) -> Result<()> {
     enter(ROOT)
 }
 
+/// Attach the recursive copy of a directory image and unmount it again: the
+/// kernel refuses (EBUSY) exactly when mounts lie inside it.
+fn refuse_inner_mounts(probe: OwnedFd, image: &[u8]) -> Result<()> {
+    let at = sys::open(PROBE, libc::O_PATH | libc::O_DIRECTORY).ctx(|| "open probe".into())?;
+    sys::move_mount_to(probe.as_fd(), at.as_fd()).ctx(|| "attach image probe".into())?;
+    drop((probe, at));
+    match sys::umount(PROBE) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Err(Error::new(format!(
+            "image {}: the directory has mount points inside it, which could hide files from you; \
+             husk does not run such a directory",
+            show(image)
+        ))),
+        Err(e) => Err(Error::io("detach image probe", e)),
+    }
+}
+
 /// A private tmpfs for the overlay's upper and work directories.
 fn stage() -> Result<()> {
     sys::mount(
@@ -133,7 +157,14 @@ fn stage() -> Result<()> {
     )
     .ctx(|| "mount staging tmpfs".into())?;
     let stage = sys::open(STAGE, libc::O_PATH | libc::O_DIRECTORY).ctx(|| "open staging".into())?;
-    for (name, mode) in [(c"lower", 0o755), (c"upper", 0o755), (c"work", 0o700), (c"root", 0o755)] {
+    let dirs = [
+        (c"lower", 0o755),
+        (c"upper", 0o755),
+        (c"work", 0o700),
+        (c"root", 0o755),
+        (c"probe", 0o700),
+    ];
+    for (name, mode) in dirs {
         sys::mkdirat(stage.as_fd(), name, mode).ctx(|| format!("mkdir staging {name:?}"))?;
     }
     Ok(())
@@ -200,15 +231,19 @@ impl Tree<'_> {
             let dir_here = !last || want_dir;
             let name =
                 CString::new(*comp).map_err(|_| Error::new(format!("mount target {p}: NUL")))?;
-            // Inside a host bind, look as the caller: root's view would tell
+            // Look as the caller, in host binds and in the image alike (a
+            // directory image may be a host tree): root's view would tell
             // what exists in directories the caller may not search.
             let on_overlay = self.on_overlay(cur.as_fd())?;
             let look = || sys::openat(Some(cur.as_fd()), &name, libc::O_PATH | libc::O_NOFOLLOW, 0);
-            let found = if on_overlay { look() } else { as_caller(self.caller, || Ok(look()))? };
-            let existing = match found {
+            let existing = match as_caller(self.caller, || Ok(look()))? {
                 Ok(fd) => Some(fd),
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => None,
-                Err(e) if !on_overlay && e.raw_os_error() == Some(libc::EACCES) => None,
+                Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
+                    return Err(Error::new(format!(
+                        "mount target {p}: not found or not accessible"
+                    )))
+                }
                 Err(e) => return Err(Error::io(format!("mount target {p}"), e)),
             };
             let next = match existing {

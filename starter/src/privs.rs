@@ -23,7 +23,7 @@ fn verify(caller: &Caller) -> Result<()> {
     if sys::getgroups().ctx(|| "getgroups".into())? != caller.groups {
         return fail("groups");
     }
-    if sys::get_capabilities().ctx(|| "capget".into())? != [0, 0, 0] {
+    if sys::get_capabilities().ctx(|| "capget".into())? != [0, 0, 0] || !sys::bounding_set_empty() {
         return fail("capabilities");
     }
     if u != 0 && sys::setresuid(0).is_ok() {

@@ -152,6 +152,25 @@ pub fn close_from(first: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// Give up the controlling terminal, if there is one, so that nothing run
+/// from here can push input into it with TIOCSTI. A process-group leader
+/// (every job an interactive shell starts) cannot `setsid`, but any process
+/// can drop its terminal this way; the terminal's signals (^C) still reach
+/// the process group.
+pub fn drop_controlling_tty() {
+    let Ok(tty) = open(c"/dev/tty", libc::O_RDWR | libc::O_NOCTTY | libc::O_NONBLOCK) else {
+        return; // no controlling terminal
+    };
+    // SAFETY: TIOCNOTTY takes no argument; tty is a valid fd.
+    unsafe { libc::ioctl(tty.as_raw_fd(), libc::TIOCNOTTY) };
+}
+
+/// True when fd 0 is a terminal.
+pub fn stdin_is_tty() -> bool {
+    // SAFETY: isatty only queries the fd.
+    unsafe { libc::isatty(0) == 1 }
+}
+
 pub fn set_no_new_privs() -> io::Result<()> {
     // SAFETY: prctl with integer arguments only.
     cvt(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })?;
@@ -309,6 +328,12 @@ pub fn mount(
             data.map_or(null(), |s| s.as_ptr().cast()),
         )
     })?;
+    Ok(())
+}
+
+pub fn umount(target: &CStr) -> io::Result<()> {
+    // SAFETY: target is NUL-terminated.
+    cvt(unsafe { libc::umount2(target.as_ptr(), 0) })?;
     Ok(())
 }
 
@@ -475,29 +500,30 @@ pub fn setresuid(u: u32) -> io::Result<()> {
     Ok(())
 }
 
-/// Remove every capability from the bounding set. Needs CAP_SETPCAP.
+/// Remove every capability from the bounding set (needs CAP_SETPCAP). The
+/// kernel answers EINVAL past its last capability; no file is read for it.
 pub fn drop_bounding_set() -> io::Result<()> {
-    let last = last_cap();
-    for cap in 0..=last {
+    for cap in 0..64 {
         // SAFETY: prctl with integer arguments only.
-        let r = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
-        if r < 0 {
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } < 0 {
             let e = io::Error::last_os_error();
-            // Past the kernel's last capability there is nothing to drop.
-            if e.raw_os_error() != Some(libc::EINVAL) {
-                return Err(e);
-            }
+            return if e.raw_os_error() == Some(libc::EINVAL) { Ok(()) } else { Err(e) };
         }
     }
     Ok(())
 }
 
-fn last_cap() -> u32 {
-    // The kernel's cap_last_cap; 63 covers any kernel if it cannot be read.
-    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(63)
+/// Whether any capability is left in the bounding set.
+pub fn bounding_set_empty() -> bool {
+    for cap in 0..64 {
+        // SAFETY: prctl with integer arguments only.
+        match unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap as libc::c_ulong, 0, 0, 0) } {
+            0 => {}
+            1 => return false,
+            _ => return true, // EINVAL: past the last capability
+        }
+    }
+    true
 }
 
 pub fn clear_ambient() -> io::Result<()> {

@@ -259,3 +259,63 @@ fn home_path_cannot_inject_passwd_lines() {
     assert_one_line_error(&r, "home");
     assert!(!r.stdout.contains("root2"), "{}", r.stdout);
 }
+
+#[test]
+fn directory_images_with_mounts_inside_are_refused() {
+    let Some(e) = env() else { return };
+    if image(Kind::Sif).is_none() {
+        return;
+    }
+    // A directory whose subdirectory holds a file that a mount hides.
+    let d = e.work.join("overmounted");
+    sh(&format!(
+        "rm -rf {0} && mkdir -p {0}/hidden && echo HIDDEN > {0}/hidden/secret && chmod -R a+rX {0} && mount -t tmpfs husk-test {0}/hidden",
+        d.display()
+    ));
+    let mut req = valid_request(&["cat", "/hidden/secret"]);
+    req.image = Image { path: d.to_string_lossy().as_bytes().to_vec(), kind: ImageKind::Dir };
+    let r = send(encode(&req).unwrap());
+    sh(&format!("umount {}/hidden", d.display()));
+    assert_one_line_error(&r, "mount points inside it");
+    assert!(!r.stdout.contains("HIDDEN"), "{}", r.stdout);
+    // The host root, named through a symlink the caller owns.
+    let link = e.home.join("rootlink");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink("/", &link).unwrap();
+    let mut req = valid_request(&["true"]);
+    req.image = Image { path: link.to_string_lossy().as_bytes().to_vec(), kind: ImageKind::Dir };
+    let r = send(encode(&req).unwrap());
+    let _ = std::fs::remove_file(&link);
+    assert_one_line_error(&r, "mount points inside it");
+}
+
+#[test]
+fn mount_targets_inside_a_directory_image_are_no_existence_oracle() {
+    let Some(e) = env() else { return };
+    let Some(dir) = image(Kind::Dir) else { return };
+    // A directory image holding a root-only directory with a subdirectory.
+    let img = e.work.join("images/rootfs-vault");
+    sh(&format!(
+        "rm -rf {i} && cp -a {d} {i} && mkdir -m 700 {i}/vault && mkdir {i}/vault/sub",
+        i = img.display(),
+        d = dir.display()
+    ));
+    let file = e.home.join("oracle-src2");
+    std::fs::write(&file, "x").unwrap();
+    sh(&format!("chown {} {}", e.user, file.display()));
+    let mut errors = vec![];
+    for dst in ["/vault/sub", "/vault/nothing"] {
+        let mut req = valid_request(&["true"]);
+        req.image = Image { path: img.to_string_lossy().as_bytes().to_vec(), kind: ImageKind::Dir };
+        req.binds.push(Bind {
+            src: file.to_string_lossy().as_bytes().to_vec(),
+            dst: dst.as_bytes().to_vec(),
+            readonly: true,
+        });
+        let r = send(encode(&req).unwrap());
+        assert_one_line_error(&r, "not found or not accessible");
+        errors.push(r.stderr.replace(dst, "DST"));
+    }
+    assert_eq!(errors[0], errors[1]);
+    let _ = std::fs::remove_file(file);
+}

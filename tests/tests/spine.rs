@@ -432,3 +432,69 @@ fn a_file_size_limit_fails_cleanly() {
     let r = as_user(&["sh", "-c", &script]).run();
     assert_one_line_error(&r, "file too large");
 }
+
+#[test]
+fn the_bounding_set_is_empty_whatever_proc_says() {
+    let Some(e) = env() else { return };
+    let Some(img) = image(Kind::Sif) else { return };
+    // The starter must not read files the caller can bind over.
+    let fake = e.home.join("fake_cap_last_cap");
+    std::fs::write(&fake, "0\n").unwrap();
+    let spec = format!("{}:/proc/sys/kernel/cap_last_cap", fake.display());
+    let r =
+        husk(&["exec", "-B", &spec, &img_str(&img), "grep", "CapBnd", "/proc/self/status"]).run();
+    let _ = std::fs::remove_file(&fake);
+    assert_eq!(r.stdout.split_whitespace().nth(1), Some("0000000000000000"), "{}", r.stderr);
+}
+
+#[test]
+fn tiocsti_cannot_reach_the_callers_terminal() {
+    let Some(e) = env() else { return };
+    let Some(img) = image(Kind::Sif) else { return };
+    // A static program that pushes a command into its controlling terminal.
+    let dir = e.work.join("tiocsti");
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = dir.join("sti.c");
+    std::fs::write(
+        &src,
+        r#"#include <fcntl.h>
+#include <sys/ioctl.h>
+#include <stdio.h>
+int main(void) {
+    const char *cmd = "echo INJECTED\n";
+    int fd = open("/dev/tty", O_RDWR);
+    for (int i = 0; i < 2; i++) {
+        int t = i == 0 ? fd : 1;
+        if (t < 0) continue;
+        for (const char *c = cmd; *c; c++) if (ioctl(t, TIOCSTI, c) != 0) { perror("TIOCSTI"); break; }
+    }
+    return 0;
+}
+"#,
+    )
+    .unwrap();
+    let bin = dir.join("sti");
+    sh(&format!(
+        "gcc -static -O1 -o {} {} && chmod -R a+rX {}",
+        bin.display(),
+        src.display(),
+        dir.display()
+    ));
+    // Under a pseudo-terminal, run it non-interactively, then read what the
+    // terminal has queued for the next reader.
+    let husk_bin = e.prefix.join("bin/husk");
+    let inner = format!(
+        "{} exec -B {}:/sti {} /sti </dev/null 2>/dev/null; read -t 2 line; echo \"got:$line\"",
+        husk_bin.display(),
+        bin.display(),
+        img.display()
+    );
+    let r = as_user(&["script", "-qec", &inner, "/dev/null"]).env("SHELL", "/bin/bash").run();
+    assert!(r.stdout.contains("got:"), "the check did not run: {}", r.stdout);
+    assert!(!r.stdout.contains("got:echo INJECTED"), "TIOCSTI reached the terminal: {}", r.stdout);
+    // The same program outside husk does inject: the check can fail.
+    let outside =
+        format!("{} </dev/null 2>/dev/null; read -t 2 line; echo \"got:$line\"", bin.display());
+    let r = as_user(&["script", "-qec", &outside, "/dev/null"]).env("SHELL", "/bin/bash").run();
+    assert!(r.stdout.contains("got:echo INJECTED"), "control failed: {}", r.stdout);
+}
