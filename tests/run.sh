@@ -15,7 +15,7 @@ cd "$repo"
 user=${HUSK_TEST_USER:-husktest}
 
 need=()
-for pkg in squashfs-tools util-linux procps bsdutils gcc libc6-dev; do
+for pkg in squashfs-tools util-linux procps bsdutils gcc libc6-dev attr; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -28,6 +28,9 @@ pub struct ImageInfo {
     pub config: OciConfig,
     /// Apptainer's inspect metadata (labels, runscript...), when the SIF has it.
     pub apptainer: Option<Value>,
+    /// husk's own metadata (source, digest), in SIFs husk wrote: such an
+    /// image runs by the OCI rule, with no shell in between.
+    pub husk: Option<Value>,
 }
 
 fn strings(v: &Value) -> Option<Vec<String>> {
@@ -62,6 +65,7 @@ pub fn open(arg: &str) -> Result<ImageInfo> {
             kind: ImageKind::Dir,
             config: OciConfig::default(),
             apptainer,
+            husk: None,
         });
     }
     let mut f = File::open(&path).map_err(|e| anyhow!("image {shown}: {}", crate::describe(&e)))?;
@@ -73,6 +77,7 @@ pub fn open(arg: &str) -> Result<ImageInfo> {
             kind: ImageKind::Squashfs,
             config: OciConfig::default(),
             apptainer: None,
+            husk: None,
         });
     }
     if !sif::has_magic(&head) {
@@ -92,7 +97,11 @@ pub fn open(arg: &str) -> Result<ImageInfo> {
         .json_object(&mut f, "inspect-metadata.json")
         .map_err(|e| anyhow!("image {shown}: {e}"))?
         .and_then(|d| serde_json::from_slice::<Value>(&d).ok());
-    Ok(ImageInfo { path, kind, config, apptainer })
+    let husk = s
+        .json_object(&mut f, "husk.json")
+        .map_err(|e| anyhow!("image {shown}: {e}"))?
+        .and_then(|d| serde_json::from_slice::<Value>(&d).ok());
+    Ok(ImageInfo { path, kind, config, apptainer, husk })
 }
 
 /// A directory image's `/.singularity.d` files, in the shape of Apptainer's
@@ -138,6 +147,9 @@ impl ImageInfo {
     /// Whether the image may carry an Apptainer runscript. For a directory we
     /// can look; inside a squashfs the wrapper looks at run time.
     pub fn may_have_runscript(&self) -> bool {
+        if self.husk.is_some() {
+            return false;
+        }
         match self.kind {
             ImageKind::Dir => Path::new(&self.path).join(".singularity.d/runscript").exists(),
             _ => true,
@@ -152,6 +164,9 @@ impl ImageInfo {
     /// husk does not already take from the OCI config. The script Apptainer
     /// writes from a Docker image's ENV mirrors that config.
     pub fn env_scripts_matter(&self) -> bool {
+        if self.husk.is_some() {
+            return false;
+        }
         let Some(scripts) = self
             .apptainer
             .as_ref()

@@ -396,6 +396,7 @@ mod tests {
             kind: husk_protocol::ImageKind::Dir,
             config: Default::default(),
             apptainer: None,
+            husk: None,
         };
         img.config.entrypoint = Some(vec!["/e".into()]);
         img.config.cmd = Some(vec!["c".into()]);

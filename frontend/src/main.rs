@@ -4,10 +4,16 @@
 
 #![deny(unsafe_code)]
 
+mod convert;
 mod env;
 mod image;
 mod launch;
+mod layers;
+mod oci;
 mod sif;
+// A complete writer; the converter does not use every call of its API.
+#[allow(dead_code)]
+mod squashfs;
 // The only module allowed `unsafe`: one small wrapper per system call.
 #[allow(unsafe_code)]
 mod sys;
@@ -85,8 +91,52 @@ enum Command {
         json: bool,
         image: String,
     },
+    /// Convert an image source (oci:, oci-archive:, docker-archive:) into a SIF file
+    Build {
+        #[command(flatten)]
+        opts: BuildOpts,
+        /// The SIF file to write
+        dest: std::path::PathBuf,
+        /// oci:DIR[:TAG], oci-archive:FILE[:TAG] or docker-archive:FILE[:REF]
+        source: String,
+    },
     /// Print husk's version
     Version,
+}
+
+#[derive(Args, Clone)]
+pub struct BuildOpts {
+    /// Squashfs compression: zstd (fast) or gzip (for the oldest kernels)
+    #[arg(long, default_value = "zstd", value_parser = ["zstd", "gzip"])]
+    pub compression: String,
+    /// Pick this architecture from a multi-architecture image (e.g. arm64, arm/v7)
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Replace DEST if it exists
+    #[arg(short = 'F', long)]
+    pub force: bool,
+}
+
+impl BuildOpts {
+    fn convert_options(&self) -> convert::Options {
+        let compression = match self.compression.as_str() {
+            "gzip" => squashfs::Compression::Gzip { level: 6 },
+            _ => squashfs::Compression::Zstd { level: 3 },
+        };
+        convert::Options { compression, platform: oci::Platform::host(self.arch.as_deref()) }
+    }
+}
+
+fn build(opts: &BuildOpts, dest: &std::path::Path, source: &str) -> Result<()> {
+    let src = oci::Source::parse(source).ok_or_else(|| {
+        anyhow::anyhow!("source {source}: not oci:, oci-archive: or docker-archive:")
+    })?;
+    if dest.exists() && !opts.force {
+        anyhow::bail!("{} exists (use --force to replace it)", dest.display());
+    }
+    let built = convert::build(&src, source, dest, &opts.convert_options())?;
+    eprintln!("husk: wrote {} ({})", dest.display(), built.digest);
+    Ok(())
 }
 
 /// Split `IMAGE [--] ARGS...`: everything after the image belongs to the
@@ -146,6 +196,9 @@ fn real_main() -> Result<ExitCode> {
         Command::Shell { opts, image } => launch::exec(&opts, &image, launch::Action::Shell),
         Command::Inspect { json, image } => {
             launch::inspect(&image, json).map(|_| ExitCode::SUCCESS)
+        }
+        Command::Build { opts, dest, source } => {
+            build(&opts, &dest, &source).map(|_| ExitCode::SUCCESS)
         }
         Command::Version => {
             println!("husk version {}", env!("CARGO_PKG_VERSION"));

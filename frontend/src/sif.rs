@@ -130,3 +130,213 @@ impl Sif {
         Ok(Some(buf))
     }
 }
+
+/// SIF architecture code for an OCI architecture name.
+pub fn arch_code(oci_arch: &str) -> [u8; 3] {
+    let code: &[u8; 2] = match oci_arch {
+        "386" => b"01",
+        "amd64" => b"02",
+        "arm" => b"03",
+        "arm64" => b"04",
+        "ppc64" => b"05",
+        "ppc64le" => b"06",
+        "mips" => b"07",
+        "mipsle" => b"08",
+        "mips64" => b"09",
+        "mips64le" => b"10",
+        "s390x" => b"11",
+        "riscv64" => b"12",
+        _ => b"00",
+    };
+    [code[0], code[1], 0]
+}
+
+const LAUNCH: &[u8] = b"#!/usr/bin/env run-singularity\n";
+const DESCRIPTORS_AT: u64 = 4096;
+const DESCRIPTOR_SLOTS: u64 = 48;
+/// Where the first object (the squashfs partition) starts.
+pub const DATA_AT: u64 = 32768;
+const GROUP: u32 = 0xf000_0001;
+const ALIGN: u64 = 4096;
+
+fn align(n: u64) -> u64 {
+    n.div_ceil(ALIGN) * ALIGN
+}
+
+/// Writes a SIF in one pass: the caller first writes the squashfs
+/// partition at [`DATA_AT`] (through [`partition`](Self::partition)), then
+/// [`finish`](Self::finish) appends the JSON objects, the descriptor table
+/// and the header. Every field comes from the arguments, so the same
+/// inputs give the same bytes.
+pub struct SifWriter<'a> {
+    file: &'a mut File,
+}
+
+/// A view of a file shifted by `base`, so that a writer can seek as if it
+/// started at 0.
+pub struct Shifted<'a> {
+    file: &'a mut File,
+    base: u64,
+}
+
+impl std::io::Write for Shifted<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Seek for Shifted<'_> {
+    fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
+        let abs = match pos {
+            SeekFrom::Start(n) => self.file.seek(SeekFrom::Start(self.base + n))?,
+            other => self.file.seek(other)?,
+        };
+        abs.checked_sub(self.base).ok_or_else(|| std::io::Error::other("seek before partition"))
+    }
+}
+
+pub struct Info<'a> {
+    pub arch: [u8; 3],
+    pub uuid: [u8; 16],
+    pub time: i64,
+    /// (name, JSON bytes) of the generic JSON objects.
+    pub json: &'a [(String, Vec<u8>)],
+}
+
+impl<'a> SifWriter<'a> {
+    pub fn new(file: &'a mut File) -> Self {
+        SifWriter { file }
+    }
+
+    pub fn partition(&mut self) -> std::io::Result<Shifted<'_>> {
+        self.file.seek(SeekFrom::Start(DATA_AT))?;
+        Ok(Shifted { file: self.file, base: DATA_AT })
+    }
+
+    pub fn finish(self, partition_len: u64, info: &Info<'_>) -> std::io::Result<()> {
+        use std::io::Write;
+        struct D<'n> {
+            data_type: i32,
+            offset: u64,
+            size: u64,
+            padded: u64,
+            name: &'n str,
+            part: bool,
+        }
+        let part_end = DATA_AT + partition_len;
+        let mut ds = vec![D {
+            data_type: DATA_PARTITION,
+            offset: DATA_AT,
+            size: partition_len,
+            padded: partition_len,
+            name: "squashfs",
+            part: true,
+        }];
+        let mut at = align(part_end);
+        for (name, data) in info.json {
+            self.file.seek(SeekFrom::Start(at))?;
+            self.file.write_all(data)?;
+            let next = align(at + data.len() as u64);
+            ds.push(D {
+                data_type: DATA_GENERIC_JSON,
+                offset: at,
+                size: data.len() as u64,
+                padded: next - at,
+                name,
+                part: false,
+            });
+            at = next;
+        }
+        let end = ds.last().map_or(part_end, |d| d.offset + d.size);
+        if ds.len() as u64 > DESCRIPTOR_SLOTS {
+            return Err(std::io::Error::other("too many SIF objects"));
+        }
+        let mut table = vec![0u8; (DESCRIPTOR_SLOTS as usize) * DESCRIPTOR_LEN];
+        for (i, d) in ds.iter().enumerate() {
+            let b = &mut table[i * DESCRIPTOR_LEN..(i + 1) * DESCRIPTOR_LEN];
+            b[0..4].copy_from_slice(&d.data_type.to_le_bytes());
+            b[4] = 1;
+            b[5..9].copy_from_slice(&(i as u32 + 1).to_le_bytes());
+            b[9..13].copy_from_slice(&GROUP.to_le_bytes());
+            b[17..25].copy_from_slice(&(d.offset as i64).to_le_bytes());
+            b[25..33].copy_from_slice(&(d.size as i64).to_le_bytes());
+            b[33..41].copy_from_slice(&(d.padded as i64).to_le_bytes());
+            b[41..49].copy_from_slice(&info.time.to_le_bytes());
+            b[49..57].copy_from_slice(&info.time.to_le_bytes());
+            let n = d.name.as_bytes();
+            let n = &n[..n.len().min(127)];
+            b[73..73 + n.len()].copy_from_slice(n);
+            if d.part {
+                b[201..205].copy_from_slice(&FS_SQUASH.to_le_bytes());
+                b[205..209].copy_from_slice(&PART_PRIMSYS.to_le_bytes());
+                b[209..212].copy_from_slice(&info.arch);
+            }
+        }
+        let mut h = [0u8; HEADER_LEN];
+        h[..LAUNCH.len()].copy_from_slice(LAUNCH);
+        h[32..42].copy_from_slice(MAGIC);
+        h[42..45].copy_from_slice(b"01\0");
+        h[45..48].copy_from_slice(&info.arch);
+        h[48..64].copy_from_slice(&info.uuid);
+        let fields = [
+            info.time,
+            info.time,
+            (DESCRIPTOR_SLOTS - ds.len() as u64) as i64,
+            DESCRIPTOR_SLOTS as i64,
+            DESCRIPTORS_AT as i64,
+            table.len() as i64,
+            DATA_AT as i64,
+            (end - DATA_AT) as i64,
+        ];
+        for (i, v) in fields.iter().enumerate() {
+            h[64 + i * 8..72 + i * 8].copy_from_slice(&v.to_le_bytes());
+        }
+        self.file.seek(SeekFrom::Start(DESCRIPTORS_AT))?;
+        self.file.write_all(&table)?;
+        self.file.seek(SeekFrom::Start(0))?;
+        self.file.write_all(&h)?;
+        self.file.set_len(end)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn written_sif_reads_back() {
+        let dir = std::env::temp_dir().join(format!("husk-sif-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.sif");
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let mut w = SifWriter::new(&mut f);
+        let mut part = w.partition().unwrap();
+        part.write_all(b"hsqs").unwrap();
+        part.write_all(&[7u8; 5000]).unwrap();
+        part.seek(SeekFrom::Start(4)).unwrap();
+        part.write_all(b"!").unwrap();
+        let json = vec![("husk.json".to_string(), b"{\"a\":1}".to_vec())];
+        let info = Info { arch: arch_code("amd64"), uuid: [9; 16], time: 0, json: &json };
+        w.finish(5004, &info).unwrap();
+        let mut f = File::open(&path).unwrap();
+        let s = Sif::read(&mut f).unwrap();
+        let p = s.primary_partition().unwrap();
+        assert_eq!((p.offset, p.size), (DATA_AT, 5004));
+        assert_eq!(s.json_object(&mut f, "husk.json").unwrap().unwrap(), b"{\"a\":1}");
+        let data = std::fs::read(&path).unwrap();
+        assert_eq!(&data[DATA_AT as usize..DATA_AT as usize + 5], b"hsqs!");
+        assert_eq!(data[32..42], MAGIC[..]);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
