@@ -176,6 +176,16 @@ pub struct Built {
 /// to it and renamed into place only when complete.
 pub fn build(src: &Source, reference: &str, dest: &Path, opts: &Options) -> Result<Built> {
     let image = oci::resolve(src, &opts.platform)?;
+    write_sif(&image, reference, dest, opts)
+}
+
+/// Write the SIF for an image already resolved.
+pub fn write_sif(
+    image: &oci::Image,
+    reference: &str,
+    dest: &Path,
+    opts: &Options,
+) -> Result<Built> {
     let cfg: Value = serde_json::from_slice(&image.config).context("image config is not JSON")?;
     let oci_config = crate::image::parse_oci_config(&image.config)?;
     let labels = cfg
@@ -239,7 +249,7 @@ pub fn build(src: &Source, reference: &str, dest: &Path, opts: &Options) -> Resu
     file.sync_all()?;
     std::fs::rename(&tmp, dest).with_context(|| format!("rename to {}", dest.display()))?;
     guard.0 = None;
-    Ok(Built { digest: image.digest })
+    Ok(Built { digest: image.digest.clone() })
 }
 
 #[cfg(test)]

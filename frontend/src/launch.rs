@@ -284,14 +284,29 @@ fn hand_over(req: &Request) -> Result<ExitCode> {
     bail!("exec starter {}: {}", starter.display(), crate::describe(&err))
 }
 
+/// An image path, or a source converted through the cache.
+fn open_image(image: &str) -> Result<ImageInfo> {
+    match crate::oci::Source::parse(image) {
+        Some(src) => {
+            let opts = crate::convert::Options {
+                compression: crate::squashfs::Compression::Zstd { level: 3 },
+                platform: crate::oci::Platform::host(None),
+            };
+            let sif = crate::cache::sif_for(&src, image, &opts)?;
+            image::open(&sif.to_string_lossy())
+        }
+        None => image::open(image),
+    }
+}
+
 pub fn exec(opts: &RunOpts, image: &str, action: Action) -> Result<ExitCode> {
-    let img = image::open(image)?;
+    let img = open_image(image)?;
     let req = build_request(opts, &img, action)?;
     hand_over(&req)
 }
 
 pub fn inspect(image: &str, as_json: bool) -> Result<()> {
-    let img = image::open(image)?;
+    let img = open_image(image)?;
     let (offset, size) = match img.kind {
         husk_protocol::ImageKind::Sif { offset, size } => (Some(offset), Some(size)),
         _ => (None, None),

@@ -4,6 +4,7 @@
 
 #![deny(unsafe_code)]
 
+mod cache;
 mod convert;
 mod env;
 mod image;
@@ -18,7 +19,7 @@ mod squashfs;
 #[allow(unsafe_code)]
 mod sys;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use std::process::ExitCode;
 
@@ -100,6 +101,19 @@ enum Command {
         /// oci:DIR[:TAG], oci-archive:FILE[:TAG] or docker-archive:FILE[:REF]
         source: String,
     },
+    /// Fetch and convert an image source into a SIF file (default name from the source)
+    Pull {
+        #[command(flatten)]
+        opts: BuildOpts,
+        /// The SIF file to write, then the source; or just the source
+        #[arg(num_args = 1..=2, required = true, value_name = "[DEST] SOURCE")]
+        args: Vec<String>,
+    },
+    /// The image cache: list or clean
+    Cache {
+        #[arg(value_parser = ["list", "clean"])]
+        action: String,
+    },
     /// Print husk's version
     Version,
 }
@@ -125,6 +139,44 @@ impl BuildOpts {
         };
         convert::Options { compression, platform: oci::Platform::host(self.arch.as_deref()) }
     }
+}
+
+/// `name_tag.sif` from a source reference.
+fn default_name(source: &str) -> String {
+    let rest = source.split_once(':').map_or(source, |(_, r)| r);
+    let rest = rest.trim_end_matches('/');
+    let base = rest.rsplit('/').next().unwrap_or(rest);
+    let base = base.split('@').next().unwrap_or(base);
+    let name: String = base
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+        .collect();
+    let name = name.trim_end_matches(".tar").trim_start_matches('.').to_string();
+    format!("{}.sif", if name.is_empty() { "image".to_string() } else { name })
+}
+
+fn pull(opts: &BuildOpts, args: &[String]) -> Result<()> {
+    let (dest, source) = match args {
+        [d, s] => (std::path::PathBuf::from(d), s.as_str()),
+        [s] => (std::path::PathBuf::from(default_name(s)), s.as_str()),
+        _ => anyhow::bail!("pull takes [DEST] SOURCE"),
+    };
+    let src = oci::Source::parse(source).ok_or_else(|| {
+        anyhow::anyhow!("source {source}: not oci:, oci-archive: or docker-archive:")
+    })?;
+    if dest.exists() && !opts.force {
+        anyhow::bail!("{} exists (use --force to replace it)", dest.display());
+    }
+    let cached = cache::sif_for(&src, source, &opts.convert_options())?;
+    let tmp = dest.with_file_name(format!(
+        ".{}.husk-tmp-{}",
+        dest.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+        std::process::id()
+    ));
+    std::fs::copy(&cached, &tmp).with_context(|| format!("write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &dest).with_context(|| format!("write {}", dest.display()))?;
+    eprintln!("husk: wrote {}", dest.display());
+    Ok(())
 }
 
 fn build(opts: &BuildOpts, dest: &std::path::Path, source: &str) -> Result<()> {
@@ -196,6 +248,10 @@ fn real_main() -> Result<ExitCode> {
         Command::Shell { opts, image } => launch::exec(&opts, &image, launch::Action::Shell),
         Command::Inspect { json, image } => {
             launch::inspect(&image, json).map(|_| ExitCode::SUCCESS)
+        }
+        Command::Pull { opts, args } => pull(&opts, &args).map(|_| ExitCode::SUCCESS),
+        Command::Cache { action } => {
+            if action == "list" { cache::list() } else { cache::clean() }.map(|_| ExitCode::SUCCESS)
         }
         Command::Build { opts, dest, source } => {
             build(&opts, &dest, &source).map(|_| ExitCode::SUCCESS)
