@@ -7,6 +7,7 @@
 use crate::image::OciConfig;
 use crate::layers::{self, DataSink, Kind};
 use crate::oci::{self, Platform, Source};
+use crate::progress::{Counting, Progress};
 use crate::sif::{self, SifWriter};
 use crate::squashfs::{self, Compression, FileData, InodeId, Meta, Node};
 use anyhow::{anyhow, Context, Result};
@@ -214,13 +215,18 @@ pub fn write_sif(
     for (i, layer) in image.layers.iter().enumerate() {
         let what = || format!("layer {}", layer.digest);
         let mut blob = image.open_layer(layer).with_context(what)?;
+        let short = layer.digest.get(7..19).unwrap_or(&layer.digest);
+        let mut progress =
+            Progress::new(format!("layer {}/{} {short}", i + 1, image.layers.len()), None);
         {
-            let mut stream = layers::decompress(&mut blob).with_context(what)?;
+            let counted = Counting { inner: &mut blob, progress: &mut progress };
+            let mut stream = layers::decompress(counted).with_context(what)?;
             layers::apply_layer(&mut tree, &mut stream, i + 1, &mut Sink(&mut sq))
                 .with_context(what)?;
             std::io::copy(&mut stream, &mut std::io::sink()).with_context(what)?;
         }
         blob.finish().with_context(what)?;
+        progress.finish();
     }
     for (path, data, mode) in singularity_files(&oci_config, &labels) {
         add_file(&mut tree, &mut sq, &format!(".singularity.d/{path}"), &data, mode)?;

@@ -11,6 +11,7 @@ mod image;
 mod launch;
 mod layers;
 mod oci;
+mod progress;
 mod sif;
 // A complete writer; the converter does not use every call of its API.
 #[allow(dead_code)]
@@ -31,6 +32,9 @@ use std::process::ExitCode;
     disable_help_subcommand = false
 )]
 struct Cli {
+    /// No progress lines (they appear only on a terminal anyway)
+    #[arg(short, long, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     cmd: Command,
 }
@@ -233,6 +237,7 @@ fn real_main() -> Result<ExitCode> {
             anyhow::bail!("{msg} (see husk --help)");
         }
     };
+    progress::set_quiet(cli.quiet);
     match cli.cmd {
         Command::Exec { opts, rest } => {
             let (image, command) = image_and_args(rest);
