@@ -285,12 +285,12 @@ fn hand_over(req: &Request) -> Result<ExitCode> {
 }
 
 /// An image path, or a source converted through the cache.
-fn open_image(image: &str) -> Result<ImageInfo> {
+fn open_image(image: &str, arch: Option<&str>) -> Result<ImageInfo> {
     match crate::oci::Source::parse(image) {
         Some(src) => {
             let opts = crate::convert::Options {
                 compression: crate::squashfs::Compression::Zstd { level: 3 },
-                platform: crate::oci::Platform::host(None),
+                platform: crate::oci::Platform::host(arch),
             };
             let sif = crate::cache::sif_for(&src, image, &opts)?;
             image::open(&sif.to_string_lossy())
@@ -300,13 +300,13 @@ fn open_image(image: &str) -> Result<ImageInfo> {
 }
 
 pub fn exec(opts: &RunOpts, image: &str, action: Action) -> Result<ExitCode> {
-    let img = open_image(image)?;
+    let img = open_image(image, opts.arch.as_deref())?;
     let req = build_request(opts, &img, action)?;
     hand_over(&req)
 }
 
-pub fn inspect(image: &str, as_json: bool) -> Result<()> {
-    let img = open_image(image)?;
+pub fn inspect(image: &str, as_json: bool, arch: Option<&str>) -> Result<()> {
+    let img = open_image(image, arch)?;
     let (offset, size) = match img.kind {
         husk_protocol::ImageKind::Sif { offset, size } => (Some(offset), Some(size)),
         _ => (None, None),

@@ -50,6 +50,10 @@ pub struct RunOpts {
     /// Do not bind the home directory
     #[arg(long)]
     pub no_home: bool,
+    /// For an image source: pick this architecture from a multi-architecture
+    /// image (e.g. arm64, arm/v7)
+    #[arg(long)]
+    pub arch: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -94,6 +98,9 @@ enum Command {
         /// Print JSON
         #[arg(long)]
         json: bool,
+        /// For an image source: the architecture to pick
+        #[arg(long)]
+        arch: Option<String>,
         image: String,
     },
     /// Convert an image source (oci:, oci-archive:, docker-archive:) into a SIF file
@@ -251,8 +258,8 @@ fn real_main() -> Result<ExitCode> {
             launch::exec(&opts, &image, launch::Action::Run(args))
         }
         Command::Shell { opts, image } => launch::exec(&opts, &image, launch::Action::Shell),
-        Command::Inspect { json, image } => {
-            launch::inspect(&image, json).map(|_| ExitCode::SUCCESS)
+        Command::Inspect { json, arch, image } => {
+            launch::inspect(&image, json, arch.as_deref()).map(|_| ExitCode::SUCCESS)
         }
         Command::Pull { opts, args } => pull(&opts, &args).map(|_| ExitCode::SUCCESS),
         Command::Cache { action } => {
