@@ -313,9 +313,14 @@ pub fn inspect(image: &str, as_json: bool, arch: Option<&str>) -> Result<()> {
     };
     let run = run_argv(&img, &[]);
     let c = &img.config;
+    let husk_str = |k: &str| img.husk.as_ref().and_then(|h| h.get(k)?.as_str().map(str::to_owned));
+    let (source, digest, arch) = (husk_str("source"), husk_str("digest"), husk_str("architecture"));
     let v = json!({
         "path": img.path.display().to_string(),
         "format": img.kind_name(),
+        "source": source,
+        "digest": digest,
+        "architecture": arch,
         "partition": offset.map(|o| json!({"offset": o, "size": size})),
         "env": c.env,
         "entrypoint": c.entrypoint,
@@ -337,6 +342,11 @@ pub fn inspect(image: &str, as_json: bool, arch: Option<&str>) -> Result<()> {
             println!("format:     sif (squashfs partition at offset {o}, {s} bytes)")
         }
         _ => println!("format:     {}", img.kind_name()),
+    }
+    for (k, v) in [("source", &source), ("digest", &digest), ("arch", &arch)] {
+        if let Some(v) = v {
+            println!("{:<12}{v}", format!("{k}:"));
+        }
     }
     for e in &c.env {
         println!("env:        {e}");
