@@ -339,4 +339,47 @@ mod tests {
         assert_eq!(data[32..42], MAGIC[..]);
         std::fs::remove_dir_all(dir).unwrap();
     }
+
+    /// husk's SIFs have the layout of the Apptainer-built fixture: launch
+    /// line, magic, version, architecture code, descriptor table place and
+    /// size, data offset, and a primary squashfs partition that husk's
+    /// reader finds where the squashfs superblock is.
+    #[test]
+    fn layout_agrees_with_apptainer_fixture() {
+        let Some(fixtures) = std::env::var_os("HUSK_FIXTURES") else {
+            eprintln!("skipped: HUSK_FIXTURES unset (../shared/fixtures absent)");
+            return;
+        };
+        let fixture = std::path::Path::new(&fixtures).join("apptainer-busybox_amd64.sif");
+        let theirs = std::fs::read(&fixture).unwrap();
+        let dir = std::env::temp_dir().join(format!("husk-sif-layout-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.sif");
+        let mut f =
+            File::options().create(true).truncate(true).read(true).write(true).open(&path).unwrap();
+        let mut w = SifWriter::new(&mut f);
+        let mut part = w.partition().unwrap();
+        part.write_all(b"hsqs").unwrap();
+        part.write_all(&[0u8; 4092]).unwrap();
+        let json = vec![("husk.json".to_string(), b"{}".to_vec())];
+        let info = Info { arch: arch_code("amd64"), uuid: [1; 16], time: 0, json: &json };
+        w.finish(4096, &info).unwrap();
+        let ours = std::fs::read(&path).unwrap();
+        // Launch line, magic, version, architecture.
+        assert_eq!(ours[..0x30], theirs[..0x30]);
+        // Descriptor table offset and length, data offset (the fixture's
+        // data offset is the older 32768, as husk writes it).
+        assert_eq!(ours[0x58..0x78], theirs[0x58..0x78]);
+        for (file, data) in [(&fixture, &theirs), (&path, &ours)] {
+            let sif = Sif::read(&mut File::open(file).unwrap()).unwrap();
+            let p = sif.primary_partition().unwrap().clone();
+            assert_eq!((p.fs_type, p.part_type), (FS_SQUASH, PART_PRIMSYS), "{}", file.display());
+            let at = p.offset as usize;
+            assert_eq!(&data[at..at + 4], b"hsqs", "{}: partition start", file.display());
+            assert_eq!(p.offset % ALIGN, 0, "{}", file.display());
+        }
+        let fixture_sif = Sif::read(&mut File::open(&fixture).unwrap()).unwrap();
+        assert_eq!(fixture_sif.primary_partition().unwrap().offset, 45056);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }
