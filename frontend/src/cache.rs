@@ -1,13 +1,14 @@
-//! The image cache: SIFs by image digest under `$HUSK_CACHEDIR` (default
-//! `~/.cache/husk`). A SIF is written under a temporary name and renamed
-//! into place, under a per-image lock, so concurrent runs convert once and
-//! an interrupted conversion leaves nothing a later run trusts.
+//! The image cache under `$HUSK_CACHEDIR` (default `~/.cache/husk`): SIFs
+//! by image digest (`sif/HEX.sif`) and registry blobs by digest
+//! (`blobs/sha256/HEX`). Each is written under a temporary name and renamed
+//! into place, under a per-item lock, so concurrent runs do the work once
+//! and an interrupted one leaves nothing a later run trusts.
 
 use crate::convert::{self, Options};
 use crate::oci::{self, Source};
 use anyhow::{anyhow, Context, Result};
 use std::fs::{self, File};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub fn dir() -> Result<PathBuf> {
     if let Some(d) = std::env::var_os("HUSK_CACHEDIR").filter(|d| !d.is_empty()) {
@@ -19,35 +20,59 @@ pub fn dir() -> Result<PathBuf> {
     Ok(PathBuf::from(home).join(".cache/husk"))
 }
 
-fn sif_dir() -> Result<PathBuf> {
-    let d = dir()?.join("sif");
+fn subdir(name: &str) -> Result<PathBuf> {
+    let d = dir()?.join(name);
     fs::create_dir_all(&d).with_context(|| format!("cache {}", d.display()))?;
     Ok(d)
 }
 
-/// The cached SIF for `src`, converted first if it is not there yet.
+/// Where registry blobs are kept: `blobs/sha256/HEX` under the cache root
+/// (the layout of an OCI image layout, so blobs are read the same way).
+pub fn blob_dir() -> Result<PathBuf> {
+    subdir("blobs/sha256")
+}
+
+/// An exclusive lock on a cache item, held until dropped. The lock file is
+/// removed on drop: a process that then locks a fresh file only finds the
+/// item done, and work in progress always goes to a name of its own.
+pub struct Lock {
+    path: PathBuf,
+    _file: File,
+}
+
+pub fn lock(path: &Path) -> Result<Lock> {
+    let file = File::create(path).with_context(|| format!("cache lock {}", path.display()))?;
+    file.lock().with_context(|| format!("cache lock {}", path.display()))?;
+    Ok(Lock { path: path.to_path_buf(), _file: file })
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// The cached SIF for `src`, converted first if it is not there yet. For a
+/// registry image only the manifest is fetched when the SIF is cached.
 pub fn sif_for(src: &Source, reference: &str, opts: &Options) -> Result<PathBuf> {
-    let image = oci::resolve(src, &opts.platform)?;
-    let hex = image.digest.strip_prefix("sha256:").unwrap_or(&image.digest).to_string();
-    let dir = sif_dir()?;
+    let located = oci::locate(src, &opts.platform)?;
+    let hex = oci::hex_of(located.digest())?.to_string();
+    let dir = subdir("sif")?;
     let path = dir.join(format!("{hex}.sif"));
     if path.is_file() {
         return Ok(path);
     }
-    let lock_path = dir.join(format!("{hex}.lock"));
-    let lock =
-        File::create(&lock_path).with_context(|| format!("cache lock {}", lock_path.display()))?;
-    lock.lock().with_context(|| format!("cache lock {}", lock_path.display()))?;
+    let _lock = lock(&dir.join(format!("{hex}.lock")))?;
     // Whoever held the lock may have written it meanwhile.
     if !path.is_file() {
+        let image = located.fetch()?;
         convert::write_sif(&image, reference, &path, opts)?;
     }
-    let _ = fs::remove_file(&lock_path);
     Ok(path)
 }
 
 pub fn list() -> Result<()> {
-    let dir = sif_dir()?;
+    let dir = subdir("sif")?;
     let mut entries: Vec<_> = fs::read_dir(&dir)?
         .flatten()
         .filter(|e| e.path().extension().is_some_and(|x| x == "sif"))

@@ -285,9 +285,10 @@ fn hand_over(req: &Request) -> Result<ExitCode> {
 }
 
 /// An image path, or a source converted through the cache.
-fn open_image(image: &str, arch: Option<&str>) -> Result<ImageInfo> {
-    match crate::oci::Source::parse(image) {
+fn open_image(image: &str, arch: Option<&str>, insecure: bool) -> Result<ImageInfo> {
+    match crate::oci::Source::parse(image)? {
         Some(src) => {
+            let src = src.insecure(insecure);
             let opts = crate::convert::Options {
                 compression: crate::squashfs::Compression::Zstd { level: 3 },
                 platform: crate::oci::Platform::host(arch),
@@ -300,13 +301,13 @@ fn open_image(image: &str, arch: Option<&str>) -> Result<ImageInfo> {
 }
 
 pub fn exec(opts: &RunOpts, image: &str, action: Action) -> Result<ExitCode> {
-    let img = open_image(image, opts.arch.as_deref())?;
+    let img = open_image(image, opts.arch.as_deref(), opts.insecure)?;
     let req = build_request(opts, &img, action)?;
     hand_over(&req)
 }
 
-pub fn inspect(image: &str, as_json: bool, arch: Option<&str>) -> Result<()> {
-    let img = open_image(image, arch)?;
+pub fn inspect(image: &str, as_json: bool, arch: Option<&str>, insecure: bool) -> Result<()> {
+    let img = open_image(image, arch, insecure)?;
     let (offset, size) = match img.kind {
         husk_protocol::ImageKind::Sif { offset, size } => (Some(offset), Some(size)),
         _ => (None, None),

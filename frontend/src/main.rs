@@ -12,6 +12,7 @@ mod launch;
 mod layers;
 mod oci;
 mod progress;
+mod registry;
 mod sif;
 // A complete writer; the converter does not use every call of its API.
 #[allow(dead_code)]
@@ -54,6 +55,9 @@ pub struct RunOpts {
     /// image (e.g. arm64, arm/v7)
     #[arg(long)]
     pub arch: Option<String>,
+    /// Allow plain HTTP to a docker:// registry (always allowed on the loopback)
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 #[derive(Subcommand)]
@@ -101,15 +105,19 @@ enum Command {
         /// For an image source: the architecture to pick
         #[arg(long)]
         arch: Option<String>,
+        /// Allow plain HTTP to a docker:// registry (always allowed on the loopback)
+        #[arg(long)]
+        insecure: bool,
         image: String,
     },
-    /// Convert an image source (oci:, oci-archive:, docker-archive:) into a SIF file
+    /// Convert an image source (docker://, oci:, oci-archive:, docker-archive:) into a SIF file
     Build {
         #[command(flatten)]
         opts: BuildOpts,
         /// The SIF file to write
         dest: std::path::PathBuf,
-        /// oci:DIR[:TAG], oci-archive:FILE[:TAG] or docker-archive:FILE[:REF]
+        /// docker://[REGISTRY/]NAME[:TAG|@DIGEST], oci:DIR[:TAG],
+        /// oci-archive:FILE[:TAG] or docker-archive:FILE[:REF]
         source: String,
     },
     /// Fetch and convert an image source into a SIF file (default name from the source)
@@ -120,6 +128,11 @@ enum Command {
         #[arg(num_args = 1..=2, required = true, value_name = "[DEST] SOURCE")]
         args: Vec<String>,
     },
+    /// Registry credentials, for docker:// sources
+    Registry {
+        #[command(subcommand)]
+        action: RegistryCommand,
+    },
     /// The image cache: list or clean
     Cache {
         #[arg(value_parser = ["list", "clean"])]
@@ -127,6 +140,26 @@ enum Command {
     },
     /// Print husk's version
     Version,
+}
+
+#[derive(Subcommand)]
+enum RegistryCommand {
+    /// Check credentials with the registry and keep them for husk
+    /// ($XDG_CONFIG_HOME/husk/auth.json, mode 0600)
+    Login {
+        #[arg(short, long)]
+        username: Option<String>,
+        /// Read the password from standard input
+        #[arg(long)]
+        password_stdin: bool,
+        /// Use plain HTTP (always so on the loopback)
+        #[arg(long)]
+        insecure: bool,
+        /// host[:port]
+        registry: String,
+    },
+    /// Forget the credentials kept for a registry
+    Logout { registry: String },
 }
 
 #[derive(Args, Clone)]
@@ -140,6 +173,9 @@ pub struct BuildOpts {
     /// Replace DEST if it exists
     #[arg(short = 'F', long)]
     pub force: bool,
+    /// Allow plain HTTP to a docker:// registry (always allowed on the loopback)
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 impl BuildOpts {
@@ -149,6 +185,17 @@ impl BuildOpts {
             _ => squashfs::Compression::Zstd { level: 3 },
         };
         convert::Options { compression, platform: oci::Platform::host(self.arch.as_deref()) }
+    }
+
+    /// The source, and DEST checked not to be in the way.
+    fn source(&self, source: &str, dest: &std::path::Path) -> Result<oci::Source> {
+        let src = oci::Source::parse(source)?.ok_or_else(|| {
+            anyhow::anyhow!("source {source}: not docker://, oci:, oci-archive: or docker-archive:")
+        })?;
+        if dest.exists() && !self.force {
+            anyhow::bail!("{} exists (use --force to replace it)", dest.display());
+        }
+        Ok(src.insecure(self.insecure))
     }
 }
 
@@ -172,12 +219,7 @@ fn pull(opts: &BuildOpts, args: &[String]) -> Result<()> {
         [s] => (std::path::PathBuf::from(default_name(s)), s.as_str()),
         _ => anyhow::bail!("pull takes [DEST] SOURCE"),
     };
-    let src = oci::Source::parse(source).ok_or_else(|| {
-        anyhow::anyhow!("source {source}: not oci:, oci-archive: or docker-archive:")
-    })?;
-    if dest.exists() && !opts.force {
-        anyhow::bail!("{} exists (use --force to replace it)", dest.display());
-    }
+    let src = opts.source(source, &dest)?;
     let cached = cache::sif_for(&src, source, &opts.convert_options())?;
     let tmp = dest.with_file_name(format!(
         ".{}.husk-tmp-{}",
@@ -191,12 +233,7 @@ fn pull(opts: &BuildOpts, args: &[String]) -> Result<()> {
 }
 
 fn build(opts: &BuildOpts, dest: &std::path::Path, source: &str) -> Result<()> {
-    let src = oci::Source::parse(source).ok_or_else(|| {
-        anyhow::anyhow!("source {source}: not oci:, oci-archive: or docker-archive:")
-    })?;
-    if dest.exists() && !opts.force {
-        anyhow::bail!("{} exists (use --force to replace it)", dest.display());
-    }
+    let src = opts.source(source, dest)?;
     let built = convert::build(&src, source, dest, &opts.convert_options())?;
     eprintln!("husk: wrote {} ({})", dest.display(), built.digest);
     Ok(())
@@ -258,10 +295,17 @@ fn real_main() -> Result<ExitCode> {
             launch::exec(&opts, &image, launch::Action::Run(args))
         }
         Command::Shell { opts, image } => launch::exec(&opts, &image, launch::Action::Shell),
-        Command::Inspect { json, arch, image } => {
-            launch::inspect(&image, json, arch.as_deref()).map(|_| ExitCode::SUCCESS)
+        Command::Inspect { json, arch, insecure, image } => {
+            launch::inspect(&image, json, arch.as_deref(), insecure).map(|_| ExitCode::SUCCESS)
         }
         Command::Pull { opts, args } => pull(&opts, &args).map(|_| ExitCode::SUCCESS),
+        Command::Registry { action } => match action {
+            RegistryCommand::Login { username, password_stdin, insecure, registry } => {
+                registry::login(&registry, username.as_deref(), password_stdin, insecure)
+            }
+            RegistryCommand::Logout { registry } => registry::logout(&registry),
+        }
+        .map(|_| ExitCode::SUCCESS),
         Command::Cache { action } => {
             if action == "list" { cache::list() } else { cache::clean() }.map(|_| ExitCode::SUCCESS)
         }

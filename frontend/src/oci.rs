@@ -1,7 +1,8 @@
-//! Local image sources: an OCI image layout (`oci:DIR[:TAG]`), the same
-//! packed in a tar (`oci-archive:FILE[:TAG]`), and `docker save` output
-//! (`docker-archive:FILE[:REF]`). Each resolves to one image: its config,
-//! its layers in order, and a way to read every blob with its digest checked.
+//! Image sources: an OCI image layout (`oci:DIR[:TAG]`), the same packed in
+//! a tar (`oci-archive:FILE[:TAG]`), `docker save` output
+//! (`docker-archive:FILE[:REF]`) and a registry (`docker://`, in
+//! `registry.rs`). Each resolves to one image: its config, its layers in
+//! order, and a way to read every blob with its digest checked.
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
@@ -11,14 +12,30 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+pub use crate::registry::ImageRef;
+
 /// Manifests, indexes and configs are small; refuse anything larger.
-const MAX_JSON: u64 = 8 << 20;
+pub const MAX_JSON: u64 = 8 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
-    OciDir { dir: PathBuf, tag: Option<String> },
-    OciArchive { file: PathBuf, tag: Option<String> },
-    DockerArchive { file: PathBuf, reference: Option<String> },
+    OciDir {
+        dir: PathBuf,
+        tag: Option<String>,
+    },
+    OciArchive {
+        file: PathBuf,
+        tag: Option<String>,
+    },
+    DockerArchive {
+        file: PathBuf,
+        reference: Option<String>,
+    },
+    /// `insecure`: plain HTTP even for a registry not on the loopback.
+    Docker {
+        image: ImageRef,
+        insecure: bool,
+    },
 }
 
 /// Split `PATH[:TAG]`: the tag is what follows the last `:` when that part
@@ -33,8 +50,27 @@ fn path_and_tag(s: &str) -> (PathBuf, Option<String>) {
 }
 
 impl Source {
-    /// Parse a source reference; `None` when it is not one of these forms.
-    pub fn parse(s: &str) -> Option<Source> {
+    /// Parse a source reference; `None` when it is not one of these forms,
+    /// an error when it is but is malformed.
+    pub fn parse(s: &str) -> Result<Option<Source>> {
+        if let Some(rest) = s.strip_prefix("docker://") {
+            let image = ImageRef::parse(rest).with_context(|| format!("source {s}"))?;
+            return Ok(Some(Source::Docker { image, insecure: false }));
+        }
+        Ok(Source::parse_local(s))
+    }
+
+    /// Allow plain HTTP to a registry source (`--insecure`).
+    pub fn insecure(self, insecure: bool) -> Source {
+        match self {
+            Source::Docker { image, insecure: was } => {
+                Source::Docker { image, insecure: was || insecure }
+            }
+            other => other,
+        }
+    }
+
+    fn parse_local(s: &str) -> Option<Source> {
         if let Some(rest) = s.strip_prefix("oci:") {
             let (dir, tag) = path_and_tag(rest);
             return Some(Source::OciDir { dir, tag });
@@ -166,11 +202,12 @@ impl Blobs {
     }
 }
 
-fn sha256_hex(data: &[u8]) -> String {
+pub fn sha256_hex(data: &[u8]) -> String {
     format!("{:x}", Sha256::digest(data))
 }
 
-fn hex_of(digest: &str) -> Result<&str> {
+/// The hex part of a `sha256:HEX` digest, checked to be well formed.
+pub fn hex_of(digest: &str) -> Result<&str> {
     let hex =
         digest.strip_prefix("sha256:").ok_or_else(|| anyhow!("unsupported digest {digest}"))?;
     if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
@@ -179,7 +216,7 @@ fn hex_of(digest: &str) -> Result<&str> {
     Ok(hex)
 }
 
-fn blob_path(digest: &str) -> Result<String> {
+pub fn blob_path(digest: &str) -> Result<String> {
     Ok(format!("blobs/sha256/{}", hex_of(digest)?))
 }
 
@@ -247,52 +284,112 @@ fn is_index(media_type: Option<&str>, v: &Value) -> bool {
     ) || (media_type.is_none() && v.get("manifests").is_some())
 }
 
-/// From a descriptor (in index.json or an index), follow indexes to the
-/// image manifest for `platform`, and read its config and layers.
-fn resolve_manifest(blobs: Blobs, desc: &Value, platform: &Platform) -> Result<Image> {
-    let mut desc = desc.clone();
-    for _ in 0..4 {
-        let digest = desc
+/// A manifest or an index, read and digest-checked.
+#[derive(Debug, Clone)]
+pub struct Doc {
+    pub digest: String,
+    /// From the descriptor or the transport, when either said.
+    pub media_type: Option<String>,
+    pub json: Value,
+}
+
+/// A blob named by a manifest.
+#[derive(Debug, Clone)]
+pub struct Descriptor {
+    pub digest: String,
+    pub size: Option<u64>,
+}
+
+impl Descriptor {
+    fn from_json(v: &Value, what: &str) -> Result<Descriptor> {
+        let digest = v
             .get("digest")
             .and_then(Value::as_str)
-            .ok_or_else(|| anyhow!("descriptor without digest"))?;
-        let (_, v) = verified_json(&blobs, digest)?;
-        let mt = desc
-            .get("mediaType")
-            .and_then(Value::as_str)
-            .or_else(|| v.get("mediaType").and_then(Value::as_str));
-        if is_index(mt, &v) {
+            .ok_or_else(|| anyhow!("{what} without digest"))?;
+        hex_of(digest)?;
+        Ok(Descriptor { digest: digest.to_string(), size: v.get("size").and_then(Value::as_u64) })
+    }
+}
+
+/// The image manifest chosen for a platform: what it names, in order.
+#[derive(Debug)]
+pub struct Manifest {
+    pub digest: String,
+    pub config: Descriptor,
+    pub layers: Vec<Descriptor>,
+}
+
+/// From a first manifest or index, follow indexes to the image manifest for
+/// `platform`; `fetch` reads the document a descriptor names. Layouts and
+/// registries share this, so they pick the same image.
+pub fn follow(
+    mut doc: Doc,
+    platform: &Platform,
+    mut fetch: impl FnMut(&Value) -> Result<Doc>,
+) -> Result<Manifest> {
+    for _ in 0..4 {
+        let v = &doc.json;
+        let digest = &doc.digest;
+        let mt = v.get("mediaType").and_then(Value::as_str).or(doc.media_type.as_deref());
+        if is_index(mt, v) {
             let list = v.get("manifests").and_then(Value::as_array).cloned().unwrap_or_default();
-            desc = list
+            let desc = list
                 .iter()
                 .find(|m| m.get("platform").is_some_and(|p| platform.matches(p)))
-                .cloned()
                 .ok_or_else(|| {
                     anyhow!("index {digest} has no image for platform {}", platform.describe())
                 })?;
+            doc = fetch(desc)?;
             continue;
         }
-        let config_digest = v
-            .pointer("/config/digest")
-            .and_then(Value::as_str)
-            .ok_or_else(|| anyhow!("manifest {digest} has no config"))?;
-        let (config, _) = verified_json(&blobs, config_digest)?;
+        if v.get("schemaVersion").and_then(Value::as_u64) == Some(1) {
+            bail!("manifest {digest}: Docker schema 1 manifests are not supported");
+        }
+        let config = v
+            .get("config")
+            .ok_or_else(|| anyhow!("manifest {digest} has no config"))
+            .and_then(|c| Descriptor::from_json(c, "config"))?;
         let layers = v
             .get("layers")
             .and_then(Value::as_array)
             .ok_or_else(|| anyhow!("manifest {digest} has no layers"))?
             .iter()
-            .map(|l| {
-                let d = l
-                    .get("digest")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| anyhow!("layer without digest"))?;
-                Ok(Layer { digest: d.to_string(), path: blob_path(d)? })
-            })
+            .map(|l| Descriptor::from_json(l, "layer"))
             .collect::<Result<Vec<_>>>()?;
-        return Ok(Image { digest: digest.to_string(), config, layers, blobs });
+        return Ok(Manifest { digest: doc.digest, config, layers });
     }
     bail!("indexes nested too deeply")
+}
+
+impl Image {
+    /// The image a manifest names, its blobs under `blobs/sha256/` of a
+    /// layout or archive (or the cache, for registry images).
+    fn from_manifest(blobs: Blobs, m: Manifest) -> Result<Image> {
+        let (config, _) = verified_json(&blobs, &m.config.digest)?;
+        let layers = m
+            .layers
+            .into_iter()
+            .map(|l| Ok(Layer { path: blob_path(&l.digest)?, digest: l.digest }))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Image { digest: m.digest, config, layers, blobs })
+    }
+
+    /// A registry image whose blobs are in the cache directory `root`.
+    pub fn in_cache(root: PathBuf, m: Manifest) -> Result<Image> {
+        Image::from_manifest(Blobs::Dir(root), m)
+    }
+}
+
+/// From a descriptor in index.json, the image for `platform`.
+fn resolve_manifest(blobs: Blobs, desc: &Value, platform: &Platform) -> Result<Image> {
+    let read = |d: &Value| -> Result<Doc> {
+        let desc = Descriptor::from_json(d, "descriptor")?;
+        let (_, json) = verified_json(&blobs, &desc.digest)?;
+        let media_type = d.get("mediaType").and_then(Value::as_str).map(str::to_owned);
+        Ok(Doc { digest: desc.digest, media_type, json })
+    };
+    let m = follow(read(desc)?, platform, read)?;
+    Image::from_manifest(blobs, m)
 }
 
 fn from_layout(blobs: Blobs, tag: Option<&str>, platform: &Platform, what: &str) -> Result<Image> {
@@ -405,6 +502,38 @@ pub fn resolve(src: &Source, platform: &Platform) -> Result<Image> {
         Source::DockerArchive { file, reference } => {
             docker_archive(file, reference.as_deref(), platform)
         }
+        Source::Docker { .. } => locate(src, platform)?.fetch(),
+    }
+}
+
+/// A source resolved as far as its image digest; a registry image's blobs
+/// are fetched only by `fetch`, so a cached SIF costs a manifest request.
+pub enum Located {
+    Local(Image),
+    Remote(Box<crate::registry::Pending>),
+}
+
+impl Located {
+    pub fn digest(&self) -> &str {
+        match self {
+            Located::Local(i) => &i.digest,
+            Located::Remote(p) => &p.manifest.digest,
+        }
+    }
+
+    pub fn fetch(self) -> Result<Image> {
+        match self {
+            Located::Local(i) => Ok(i),
+            Located::Remote(p) => p.fetch(),
+        }
+    }
+}
+
+pub fn locate(src: &Source, platform: &Platform) -> Result<Located> {
+    match src {
+        Source::Docker { image, insecure } => crate::registry::locate(image, *insecure, platform)
+            .map(|p| Located::Remote(Box::new(p))),
+        _ => resolve(src, platform).map(Located::Local),
     }
 }
 
@@ -465,23 +594,21 @@ mod tests {
 
     #[test]
     fn source_forms() {
+        let parse = |s: &str| Source::parse(s).unwrap();
         assert_eq!(
-            Source::parse("oci:/x/y:1.0"),
+            parse("oci:/x/y:1.0"),
             Some(Source::OciDir { dir: "/x/y".into(), tag: Some("1.0".into()) })
         );
+        assert_eq!(parse("oci:/x:y/z"), Some(Source::OciDir { dir: "/x:y/z".into(), tag: None }));
         assert_eq!(
-            Source::parse("oci:/x:y/z"),
-            Some(Source::OciDir { dir: "/x:y/z".into(), tag: None })
-        );
-        assert_eq!(
-            Source::parse("oci-archive:img.tar"),
+            parse("oci-archive:img.tar"),
             Some(Source::OciArchive { file: "img.tar".into(), tag: None })
         );
         assert_eq!(
-            Source::parse("docker-archive:/nonexistent.tar"),
+            parse("docker-archive:/nonexistent.tar"),
             Some(Source::DockerArchive { file: "/nonexistent.tar".into(), reference: None })
         );
-        assert_eq!(Source::parse("/x.sif"), None);
+        assert_eq!(parse("/x.sif"), None);
     }
 
     #[test]
