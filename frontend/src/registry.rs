@@ -9,6 +9,7 @@
 
 use crate::cache;
 use crate::oci::{self, Descriptor, Doc, Image, Manifest, Platform, MAX_JSON};
+use crate::progress::Progress;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -533,7 +534,11 @@ impl Client {
                 Ok((resp, _)) => resp.status() == 429 || resp.status().is_server_error(),
             };
             if !again || attempt == ATTEMPTS {
-                return r.map_err(|e| anyhow!("{}: {e}", origin_of(url).unwrap_or_default()));
+                let origin = origin_of(url).unwrap_or_default();
+                return r.map_err(|e| match e {
+                    ureq::Error::Io(e) => anyhow!("{origin}: {}", crate::describe(&e)),
+                    e => anyhow!("{origin}: {e}"),
+                });
             }
             std::thread::sleep(self.backoff * 2u32.pow(attempt - 1));
             attempt += 1;
@@ -695,10 +700,6 @@ impl Client {
         if dest.is_file() {
             return Ok(());
         }
-        if std::io::stderr().is_terminal() {
-            let size = desc.size.map(|s| format!(" ({:.1} MB)", s as f64 / 1e6));
-            eprintln!("husk: fetching {}{}", desc.digest, size.unwrap_or_default());
-        }
         // Never a blob's name (64 hex digits): a left-over is never trusted.
         let tmp = dir.join(format!("{hex}.{}.tmp", std::process::id()));
         let done = self.download(desc, &tmp).and_then(|_| {
@@ -718,6 +719,8 @@ impl Client {
             let mut file =
                 File::create(tmp).with_context(|| format!("create {}", tmp.display()))?;
             let mut hasher = Sha256::new();
+            let short = desc.digest.get(7..19).unwrap_or(&desc.digest);
+            let mut progress = Progress::new(format!("fetch {short}"), desc.size);
             // One byte past the size in the manifest is enough to refuse it.
             let mut body =
                 resp.into_body().into_reader().take(desc.size.map_or(u64::MAX, |s| s + 1));
@@ -731,6 +734,7 @@ impl Client {
                         file.write_all(&buf[..n])
                             .with_context(|| format!("write {}", tmp.display()))?;
                         len += n as u64;
+                        progress.add(n as u64);
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(e) => break Err(e),
@@ -752,17 +756,20 @@ impl Client {
             if got != oci::hex_of(&desc.digest)? {
                 bail!("digest mismatch (got sha256:{got})");
             }
+            progress.finish();
             return file.sync_all().with_context(|| format!("write {}", tmp.display()));
         }
     }
 }
 
-/// Remove temporary blobs that a killed pull left over a day ago.
+/// Remove temporary blobs that killed pulls left: a download in progress
+/// writes all the time (reads time out after two minutes), so a file an hour
+/// old has no writer.
 fn remove_stale(dir: &Path) {
-    let day = Duration::from_secs(24 * 3600);
+    let hour = Duration::from_secs(3600);
     for e in fs::read_dir(dir).into_iter().flatten().flatten() {
-        let old = e.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
-        if e.file_name().to_string_lossy().ends_with(".tmp") && old.is_some_and(|a| a > day) {
+        let age = e.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+        if e.file_name().to_string_lossy().ends_with(".tmp") && age.is_some_and(|a| a > hour) {
             let _ = fs::remove_file(e.path());
         }
     }
