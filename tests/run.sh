@@ -5,6 +5,8 @@
 #  - creates the unprivileged test user (husktest)
 #  - installs husk with packaging/install.sh into a temporary prefix, the
 #    starter setuid root
+#  - builds test images with buildah and serves them from two local
+#    registries (tests/images/setup.sh)
 #  - runs format and lint checks, unit tests and the integration tests,
 #    whose containers all run as the test user
 set -euo pipefail
@@ -15,7 +17,8 @@ cd "$repo"
 user=${HUSK_TEST_USER:-husktest}
 
 need=()
-for pkg in squashfs-tools util-linux procps bsdutils gcc libc6-dev attr; do
+for pkg in squashfs-tools util-linux procps bsdutils gcc libc6-dev attr \
+    buildah skopeo umoci busybox-static docker-registry apache2-utils; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -34,11 +37,26 @@ fi
 prefix=$(mktemp -d /opt/husk-test.XXXXXX)
 work=$(mktemp -d /opt/husk-work.XXXXXX)
 chmod 755 "$prefix" "$work"
-cleanup() { rm -rf "$prefix" "$work"; }
+cleanup() {
+    # The registries started by tests/images/setup.sh.
+    if [ -f "$work/oci/registry.pids" ]; then
+        xargs -r kill <"$work/oci/registry.pids" 2>/dev/null || true
+    fi
+    rm -rf "$prefix" "$work"
+}
 trap cleanup EXIT
 
 echo "== installing husk into $prefix"
 packaging/install.sh "$prefix"
+
+echo "== test images"
+start=$SECONDS
+tests/images/setup.sh "$work/oci"
+set -a
+# shellcheck source=/dev/null
+. "$work/oci/env"
+set +a
+echo "== test images ready in $((SECONDS - start))s"
 
 echo "== format and lint"
 cargo fmt --all --check
