@@ -110,9 +110,18 @@ impl Sandbox {
 
     /// `husk build NAME.sif SOURCE`, which must succeed.
     fn build(&self, file: &str, source: &str) -> PathBuf {
+        self.convert("build", file, source)
+    }
+
+    /// `husk pull NAME.sif SOURCE`, which must succeed.
+    fn pull(&self, file: &str, source: &str) -> PathBuf {
+        self.convert("pull", file, source)
+    }
+
+    fn convert(&self, how: &str, file: &str, source: &str) -> PathBuf {
         let dest = self.path(file);
-        let r = self.husk(&["build", &dest.to_string_lossy(), source]).run();
-        assert_eq!(r.code, 0, "husk build {source}: {}", r.stderr);
+        let r = self.husk(&[how, &dest.to_string_lossy(), source]).run();
+        assert_eq!(r.code, 0, "husk {how} {source}: {}", r.stderr);
         dest
     }
 
@@ -288,8 +297,7 @@ fn a_registry_behind_basic_auth_needs_login() {
         .run();
     assert_eq!(r.code, 0, "registry login: {}", r.stderr);
 
-    let r = sb.husk(&["pull", &dest_s, &source]).run();
-    assert_eq!(r.code, 0, "pull after login: {}", r.stderr);
+    sb.pull("layers.sif", &source);
     let reference = sb.build("layers-oci.sif", &oci_source("layers"));
     assert_eq!(
         listing(&dest),
@@ -476,11 +484,7 @@ fn conversions_are_byte_identical_across_caches() {
     for (form, source) in sources("layers") {
         let a = Sandbox::new(&format!("repro-{form}-a"));
         let b = Sandbox::new(&format!("repro-{form}-b"));
-        let (pa, pb) = (a.path("pulled.sif"), b.path("pulled.sif"));
-        for (sb, p) in [(&a, &pa), (&b, &pb)] {
-            let r = sb.husk(&["pull", &p.to_string_lossy(), &source]).run();
-            assert_eq!(r.code, 0, "pull {source}: {}", r.stderr);
-        }
+        let (pa, pb) = (a.pull("pulled.sif", &source), b.pull("pulled.sif", &source));
         assert_eq!(
             sha256_file(&pa),
             sha256_file(&pb),
@@ -517,9 +521,7 @@ fn a_pulled_sif_names_the_source_it_came_from() {
     }
     let sb = Sandbox::new("source-name");
     for (form, source) in sources("layers") {
-        let dest = sb.path(&format!("{form}.sif"));
-        let r = sb.husk(&["pull", &dest.to_string_lossy(), &source]).run();
-        assert_eq!(r.code, 0, "pull {source}: {}", r.stderr);
+        let dest = sb.pull(&format!("{form}.sif"), &source);
         let v = inspect_json(&dest.to_string_lossy());
         assert_eq!(
             v["source"].as_str(),
@@ -540,10 +542,7 @@ fn unsquashfs_lists_every_sif_husk_writes() {
         sifs.push(sb.build(&format!("{name}.sif"), &oci_source(name)));
     }
     sifs.extend(sb.cached_sifs());
-    let r =
-        sb.husk(&["pull", &sb.path("pulled.sif").to_string_lossy(), &oci_source("layers")]).run();
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    sifs.push(sb.path("pulled.sif"));
+    sifs.push(sb.pull("pulled.sif", &oci_source("layers")));
     sifs.extend(sb.cached_sifs());
     for sif in &sifs {
         let off = partition_offset(sif);
@@ -599,10 +598,7 @@ fn two_pulls_started_together_both_succeed() {
 fn pull_survives_sigkill(label: &str, source: &str) {
     let e = env().unwrap();
     let reference = Sandbox::new(&format!("kill-ref-{label}"));
-    let want_path = reference.path("big.sif");
-    let r = reference.husk(&["pull", &want_path.to_string_lossy(), source]).run();
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let want = sha256_file(&want_path);
+    let want = sha256_file(&reference.pull("big.sif", source));
     let sb = Sandbox::new(&format!("kill-{label}"));
     let dest = sb.path("big.sif");
     let mut killed_mid_way = 0;
@@ -639,8 +635,7 @@ fn pull_survives_sigkill(label: &str, source: &str) {
         killed_mid_way > 0,
         "{label}: every pull finished before the kill; the test proves nothing"
     );
-    let r = sb.husk(&["pull", &dest.to_string_lossy(), source]).run();
-    assert_eq!(r.code, 0, "{label}: pull after the kills: {}", r.stderr);
+    sb.pull("big.sif", source);
     assert_eq!(sha256_file(&dest), want, "{label}: the pull after the kills differs");
     for f in sb.cached_sifs() {
         assert_eq!(sha256_file(&f), want, "{label}: {}", f.display());
