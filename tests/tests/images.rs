@@ -594,7 +594,9 @@ fn two_pulls_started_together_both_succeed() {
 
 /// Kill `husk pull` at several points, then check that nothing in the cache
 /// or at the destination is a half-written file, and that a new pull
-/// completes.
+/// completes. A pull of the big image takes a few hundred milliseconds here,
+/// so the kills come early and often; a SIF that did get finished is
+/// removed from the cache so that the next pull converts again.
 fn pull_survives_sigkill(label: &str, source: &str) {
     let e = env().unwrap();
     let reference = Sandbox::new(&format!("kill-ref-{label}"));
@@ -602,33 +604,24 @@ fn pull_survives_sigkill(label: &str, source: &str) {
     let sb = Sandbox::new(&format!("kill-{label}"));
     let dest = sb.path("big.sif");
     let mut killed_mid_way = 0;
-    for delay_ms in [30, 100, 250, 500, 900] {
+    for delay_ms in [5, 15, 30, 50, 80, 120, 170, 250, 400] {
         let mut child = sb.husk(&["pull", &dest.to_string_lossy(), source]).command();
         child.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
         let mut child = child.spawn().unwrap();
         std::thread::sleep(Duration::from_millis(delay_ms));
-        // setpriv execs husk in place, so the child's pid is husk's.
+        // setpriv and env exec in place, so the child's pid is husk's.
         let _ = sh(&format!("kill -KILL {} 2>/dev/null || true", child.id()));
-        let status = child.wait().unwrap();
-        if !status.success() {
+        if !child.wait().unwrap().success() {
             killed_mid_way += 1;
         }
-        for f in sb.cached_sifs() {
-            assert_eq!(
-                sha256_file(&f),
-                want,
-                "{label}: after SIGKILL at {delay_ms} ms the cache holds a bad {}",
-                f.display()
-            );
-        }
+        let when = format!("{label}: after SIGKILL at {delay_ms} ms");
+        assert_cache_trustworthy(&sb, &want, &when);
         if dest.exists() {
-            assert_eq!(
-                sha256_file(&dest),
-                want,
-                "{label}: after SIGKILL at {delay_ms} ms {} is half written",
-                dest.display()
-            );
+            assert_eq!(sha256_file(&dest), want, "{when}: {} is half written", dest.display());
             std::fs::remove_file(&dest).unwrap();
+        }
+        for f in sb.cached_sifs() {
+            std::fs::remove_file(f).unwrap();
         }
     }
     assert!(
@@ -637,13 +630,33 @@ fn pull_survives_sigkill(label: &str, source: &str) {
     );
     sb.pull("big.sif", source);
     assert_eq!(sha256_file(&dest), want, "{label}: the pull after the kills differs");
-    for f in sb.cached_sifs() {
-        assert_eq!(sha256_file(&f), want, "{label}: {}", f.display());
-    }
-    let leftovers =
-        sh(&format!("find {} -name '*husk-tmp*' -o -name '*.tmp*' | head", sb.dir.display()));
+    assert_cache_trustworthy(&sb, &want, label);
+    assert_eq!(sb.cached_sifs().len(), 1, "{label}");
+    let leftovers = sh(&format!(
+        "find {} -name '*husk-tmp*' -o -name '*.tmp*' -o -name '*.part*' | head",
+        sb.dir.display()
+    ));
     if !leftovers.is_empty() {
         eprintln!("note ({label}, as {}): killed pulls left temporary files:\n{leftovers}", e.user);
+    }
+}
+
+/// Every `*.sif` in the cache is the complete image, and every blob stored
+/// under its digest has that digest.
+fn assert_cache_trustworthy(sb: &Sandbox, want_sif: &str, when: &str) {
+    for f in sb.cached_sifs() {
+        assert_eq!(sha256_file(&f), want_sif, "{when}: the cache holds a bad {}", f.display());
+    }
+    let Ok(blobs) = std::fs::read_dir(sb.cache().join("blobs/sha256")) else { return };
+    for b in blobs.flatten() {
+        let name = b.file_name().to_string_lossy().into_owned();
+        if name.len() == 64 && name.bytes().all(|c| c.is_ascii_hexdigit()) {
+            assert_eq!(
+                sha256_file(&b.path()),
+                name,
+                "{when}: blob {name} in the cache is not whole"
+            );
+        }
     }
 }
 
