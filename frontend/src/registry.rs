@@ -454,8 +454,11 @@ fn read_small(resp: Response<Body>) -> Result<Vec<u8>> {
     })
 }
 
+/// A response and the URL it came from, or a transport failure.
+type Sent = Result<(Response<Body>, String), ureq::Error>;
+
 /// A connection to one repository of one registry.
-pub struct Client {
+struct Client {
     agent: ureq::Agent,
     /// `scheme://host[:port]` of the registry: the only origin that is sent
     /// the registry's `Authorization`.
@@ -488,13 +491,7 @@ impl Client {
     /// One GET, following redirects by hand: `auth` (origin, header) is sent
     /// only to that origin. The outer error is fatal, the inner one a
     /// transport failure worth retrying. Gives the response and its URL.
-    #[allow(clippy::type_complexity)]
-    fn send(
-        &self,
-        url: &str,
-        accept: Option<&str>,
-        auth: Option<(&str, &str)>,
-    ) -> Result<Result<(Response<Body>, String), ureq::Error>> {
+    fn send(&self, url: &str, accept: Option<&str>, auth: Option<(&str, &str)>) -> Result<Sent> {
         let mut url = url.to_string();
         for _ in 0..=MAX_REDIRECTS {
             let mut req = self.agent.get(&url);
@@ -1057,6 +1054,10 @@ mod tests {
         );
         assert_eq!(last.auth, None);
         fs::remove_dir_all(dir).unwrap();
+        // A redirect loop ends.
+        let (port, _) = serve(|r, _| (302, vec![("Location", r.path.clone())], vec![]));
+        let err = client(port, anonymous()).manifest("1").unwrap_err();
+        assert_eq!(format!("{err:#}"), "more than 5 redirects");
     }
 
     #[test]
