@@ -1,5 +1,7 @@
 //! The image cache under `$HUSK_CACHEDIR` (default `~/.cache/husk`): SIFs
-//! by image digest (`sif/HEX.sif`) and registry blobs by digest
+//! by image digest and source (`sif/HEX-SRC.sif`, SRC a short hash of the
+//! source as given, since a SIF records the source it came from) and
+//! registry blobs by digest
 //! (`blobs/sha256/HEX`). Each is written under a temporary name and renamed
 //! into place, under a per-item lock, so concurrent runs do the work once
 //! and an interrupted one leaves nothing a later run trusts.
@@ -56,13 +58,14 @@ impl Drop for Lock {
 /// registry image only the manifest is fetched when the SIF is cached.
 pub fn sif_for(src: &Source, reference: &str, opts: &Options) -> Result<PathBuf> {
     let located = oci::locate(src, &opts.platform)?;
-    let hex = oci::hex_of(located.digest())?.to_string();
+    let hex = oci::hex_of(located.digest())?;
+    let key = format!("{hex}-{}", &oci::sha256_hex(reference.as_bytes())[..12]);
     let dir = subdir("sif")?;
-    let path = dir.join(format!("{hex}.sif"));
+    let path = dir.join(format!("{key}.sif"));
     if path.is_file() {
         return Ok(path);
     }
-    let _lock = lock(&dir.join(format!("{hex}.lock")))?;
+    let _lock = lock(&dir.join(format!("{key}.lock")))?;
     // Whoever held the lock may have written it meanwhile.
     if !path.is_file() {
         let image = located.fetch()?;

@@ -59,12 +59,12 @@ fn run_replaces_cmd_with_arguments() {
     if env().is_none() {
         return;
     }
+    let Some(sif) = image(Kind::Sif) else { return };
     for (kind, img) in all_kinds() {
         let r = husk(&["run", &img_str(&img), "sh", "-c", "echo hi"]).run();
         assert_eq!((r.code, r.stdout.as_str()), (0, "hi\n"), "{kind:?}: {}", r.stderr);
     }
     // Without arguments the runscript runs the image's CMD (sh), reading stdin.
-    let sif = image(Kind::Sif).unwrap();
     let r = husk(&["run", &img_str(&sif)]).stdin(b"echo from-cmd; exit 3\n".to_vec()).run();
     assert_eq!((r.code, r.stdout.as_str()), (3, "from-cmd\n"), "{}", r.stderr);
 }
