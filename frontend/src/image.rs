@@ -156,8 +156,13 @@ impl ImageInfo {
         }
     }
 
+    /// Apptainer's labels, else (a SIF husk wrote) the image config's.
     pub fn labels(&self) -> Option<&Value> {
-        self.apptainer.as_ref()?.pointer("/data/attributes/labels")
+        if let Some(l) = self.apptainer.as_ref().and_then(|a| a.pointer("/data/attributes/labels"))
+        {
+            return Some(l);
+        }
+        self.husk.as_ref()?.pointer("/config/Labels").filter(|l| !l.is_null())
     }
 
     /// Whether the image's Apptainer environment scripts set anything that

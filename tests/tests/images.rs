@@ -341,6 +341,25 @@ fn a_private_home_from_user_is_readable_by_the_caller() {
 }
 
 #[test]
+fn inspect_shows_the_image_config() {
+    if images().is_none() {
+        return;
+    }
+    let config = image_config("layers");
+    let c = &config["config"];
+    assert_eq!(c["Labels"]["com.example.quoted"], "it's \"quoted\"", "the Dockerfile's LABEL: {c}");
+    let img = sif("layers");
+    let v = inspect_json(&img.to_string_lossy());
+    assert_eq!(v["labels"], c["Labels"], "husk inspect --json: labels");
+    assert_eq!(v["workdir"], c["WorkingDir"], "husk inspect --json: workdir");
+    assert_eq!(v["user"], c["User"], "husk inspect --json: user");
+    // The same labels inside, where Apptainer looks for them.
+    let inside: Value =
+        serde_json::from_str(&exec_ok(&img, &["cat", "/.singularity.d/labels.json"])).unwrap();
+    assert_eq!(inside, c["Labels"], "/.singularity.d/labels.json");
+}
+
+#[test]
 fn env_values_are_the_image_configs_byte_for_byte() {
     if images().is_none() {
         return;
