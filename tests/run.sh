@@ -18,7 +18,7 @@ user=${HUSK_TEST_USER:-husktest}
 
 need=()
 for pkg in squashfs-tools util-linux procps bsdutils gcc libc6-dev attr \
-    buildah skopeo umoci busybox-static docker-registry apache2-utils; do
+    buildah skopeo umoci busybox-static docker-registry apache2-utils zstd; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
