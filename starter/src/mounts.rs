@@ -180,16 +180,28 @@ fn attach_squashfs(img: &Image) -> Result<()> {
     // as soon as the mount does (when the last process in the namespace exits).
 }
 
+/// How many loop devices, from the first free one up, a start tries before
+/// it gives up.
+const LOOP_CANDIDATES: u32 = 128;
+
 fn attach_loop(img: &Image) -> Result<(OwnedFd, CString)> {
     let control =
         sys::open(c"/dev/loop-control", libc::O_RDWR).ctx(|| "open /dev/loop-control".into())?;
+    // The kernel names the lowest free device, to every concurrent start
+    // alike, and a device it calls free may still be claimed by someone
+    // else: on EBUSY walk upwards rather than ask again for the same one.
+    let first = sys::loop_get_free(control.as_fd()).ctx(|| "find a free loop device".into())?;
     let mut last = None;
-    // Another process may take the free device between the two calls: retry.
-    for _ in 0..16 {
-        let n = sys::loop_get_free(control.as_fd()).ctx(|| "find a free loop device".into())?;
+    for n in first..first.saturating_add(LOOP_CANDIDATES) {
         let dev = CString::new(format!("/dev/loop{n}")).map_err(|_| Error::new("loop path"))?;
-        let fd =
-            sys::open(&dev, libc::O_RDONLY).ctx(|| format!("open {}", dev.to_string_lossy()))?;
+        let what = || format!("open {}", dev.to_string_lossy());
+        let fd = match sys::open(&dev, libc::O_RDONLY) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                sys::loop_add(control.as_fd(), n).ctx(|| format!("add loop device {n}"))?;
+                sys::open(&dev, libc::O_RDONLY).ctx(what)?
+            }
+            r => r.ctx(what)?,
+        };
         match sys::loop_configure(fd.as_fd(), img.fd.as_fd(), img.offset, img.size) {
             Ok(()) => return Ok((fd, dev)),
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) => last = Some(e),

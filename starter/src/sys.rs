@@ -424,6 +424,7 @@ pub fn move_mount_to(tree: BorrowedFd<'_>, target: BorrowedFd<'_>) -> io::Result
 
 // ---- loop devices ------------------------------------------------------------
 
+const LOOP_CTL_ADD: libc::c_ulong = 0x4C80;
 const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
 const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
 const LO_FLAGS_READ_ONLY: u32 = 1;
@@ -459,6 +460,15 @@ pub fn loop_get_free(control: BorrowedFd<'_>) -> io::Result<u32> {
     // SAFETY: LOOP_CTL_GET_FREE takes no argument.
     let n = cvt(unsafe { libc::ioctl(control.as_raw_fd(), LOOP_CTL_GET_FREE) })?;
     Ok(n as u32)
+}
+
+/// Make loop device number `n` exist (`Ok` if it already did).
+pub fn loop_add(control: BorrowedFd<'_>, n: u32) -> io::Result<()> {
+    // SAFETY: LOOP_CTL_ADD takes the device number as an integer argument.
+    match cvt(unsafe { libc::ioctl(control.as_raw_fd(), LOOP_CTL_ADD, n as libc::c_ulong) }) {
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        r => r.map(drop),
+    }
 }
 
 /// Attach `backing` to the loop device `dev`, read-only and auto-clearing,

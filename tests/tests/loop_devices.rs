@@ -1,0 +1,45 @@
+//! Loop devices under contention. The kernel names the lowest free loop
+//! device to every start alike, and a device it calls free may already be
+//! claimed by someone else (another start, blkid, an admin's tool): a start
+//! must pass over it, not fail. Alone in its own test binary, so that the
+//! device it holds stays the first free one.
+
+mod common;
+use common::*;
+use std::os::unix::fs::OpenOptionsExt;
+
+#[test]
+fn starts_pass_over_a_claimed_loop_device_and_survive_a_crowd() {
+    if env().is_none() {
+        return;
+    }
+    let Some(sif) = image(Kind::Sif) else { return };
+    let sif = sif.to_string_lossy().into_owned();
+    // Claimed with O_EXCL, the device stays unbound (the first free one)
+    // but cannot be configured.
+    let dev = sh("losetup -f").trim().to_string();
+    let _hold = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_EXCL)
+        .open(&dev)
+        .unwrap_or_else(|e| panic!("claim {dev}: {e}"));
+    assert_eq!(sh("losetup -f").trim(), dev, "the claimed device is still the first free one");
+    for i in 0..3 {
+        let r = husk(&["exec", &sif, "true"]).run();
+        assert_eq!(r.code, 0, "start {i} with {dev} claimed: {}", r.stderr);
+    }
+    // A crowd of starts at once, all converging on the same free devices.
+    let crowd: Vec<_> = (0..64)
+        .map(|_| {
+            let sif = sif.clone();
+            std::thread::spawn(move || husk(&["exec", &sif, "true"]).run())
+        })
+        .collect();
+    let failed: Vec<String> = crowd
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .filter(|r| r.code != 0)
+        .map(|r| format!("{}: {}", r.code, r.stderr.trim()))
+        .collect();
+    assert_eq!(failed, Vec::<String>::new(), "starts among 64 concurrent ones failed");
+}
