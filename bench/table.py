@@ -65,7 +65,7 @@ for name, r in start.items():
 par = results("parallel")
 for name, r in par.items():
     row(f"start-up: {name}, all done", f"{ms(r):.0f} ms", "", "")
-row("start-up: failures among 32 concurrent husk exec", fails, "", f"0: {verdict(fails == '0')}")
+row("start-up: failures among 5 × 32 concurrent husk exec", fails, "", f"0: {verdict(fails == '0')}")
 
 conv = results("convert")
 floor = ms(conv["gzip -dc of the layers"])
