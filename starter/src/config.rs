@@ -19,13 +19,22 @@ pub struct Config {
     pub allow_setuid: bool,
     pub mount_home: bool,
     pub mount_tmp: bool,
+    /// May a start mount a loop device that a running container attached to
+    /// the same image file?
+    pub shared_loop_devices: bool,
     /// Site-wide binds: (host source, container destination).
     pub bind_paths: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { allow_setuid: true, mount_home: true, mount_tmp: true, bind_paths: Vec::new() }
+        Config {
+            allow_setuid: true,
+            mount_home: true,
+            mount_tmp: true,
+            shared_loop_devices: true,
+            bind_paths: Vec::new(),
+        }
     }
 }
 
@@ -115,6 +124,7 @@ pub fn parse(text: &str) -> std::result::Result<Config, String> {
             "allow setuid" => yes_no(value).map(|v| c.allow_setuid = v),
             "mount home" => yes_no(value).map(|v| c.mount_home = v),
             "mount tmp" => yes_no(value).map(|v| c.mount_tmp = v),
+            "shared loop devices" => yes_no(value).map(|v| c.shared_loop_devices = v),
             "bind path" => parse_bind(value).map(|b| c.bind_paths.push(b)),
             _ => Err(format!("unknown directive '{key}'")),
         };
@@ -143,10 +153,11 @@ mod tests {
     fn defaults_and_directives() {
         let c = parse(
             "# site policy\n\nallow setuid = yes\nmount  home = no\nmount tmp=no\n\
+             shared loop devices = no\n\
              bind path = /etc/localtime\nbind path = /data:/mnt/data\n",
         )
         .unwrap();
-        assert!(c.allow_setuid && !c.mount_home && !c.mount_tmp);
+        assert!(c.allow_setuid && !c.mount_home && !c.mount_tmp && !c.shared_loop_devices);
         assert_eq!(
             c.bind_paths,
             vec![

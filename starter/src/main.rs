@@ -32,7 +32,7 @@ fn run() -> Result<Infallible> {
     // 4. open the image and bind sources as the caller; keep the fds
     let objs = objects::open_all(&req, &conf, &caller)?;
     // 5. namespaces, image, mounts, pivot_root
-    mounts::build(&req, &caller, objs)?;
+    mounts::build(&req, &caller, objs, &conf)?;
     // 6. drop to the caller for good
     privs::drop_for_good(&caller)?;
     // 7. restore the caller's state and exec

@@ -3,6 +3,7 @@
 //! the container root without following symlinks, and every mount is made
 //! on an fd, never on a path the caller could change.
 
+use crate::config::Config;
 use crate::entry::{as_caller, Caller};
 use crate::error::{show, Context, Error, Result};
 use crate::identity;
@@ -73,7 +74,7 @@ fn detach_all(objs: &Objects) -> Result<Vec<Detached>> {
     Ok(v)
 }
 
-pub fn build(req: &Request, caller: &Caller, objs: Objects) -> Result<()> {
+pub fn build(req: &Request, caller: &Caller, objs: Objects, conf: &Config) -> Result<()> {
     let image_tree = match objs.image.kind {
         ImageKind::Dir => {
             let attrs = sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
@@ -99,7 +100,7 @@ pub fn build(req: &Request, caller: &Caller, objs: Objects) -> Result<()> {
                 sys::open(LOWER, libc::O_PATH | libc::O_DIRECTORY).ctx(|| "open lower".into())?;
             sys::move_mount_to(t.as_fd(), lower.as_fd()).ctx(|| "mount image directory".into())?;
         }
-        None => attach_squashfs(&objs.image)?,
+        None => attach_squashfs(&objs.image, conf.shared_loop_devices)?,
     }
     sys::mount(
         Some(c"overlay"),
@@ -171,13 +172,46 @@ fn stage() -> Result<()> {
 }
 
 /// Mount a squashfs image through a loop device, read-only, nosuid, nodev, at `LOWER`.
-fn attach_squashfs(img: &Image) -> Result<()> {
+fn attach_squashfs(img: &Image, share: bool) -> Result<()> {
     let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
-    let (_loop_fd, dev) = attach_loop(img)?;
+    let (_loop_fd, dev) = match share.then(|| shared_loop(img)).flatten() {
+        Some(found) => found,
+        None => attach_loop(img)?,
+    };
     sys::mount(Some(&dev), LOWER, Some(c"squashfs"), flags, None)
         .ctx(|| "mount squashfs image".into())
     // The loop device's fd closes here; with autoclear the device goes away
     // as soon as the mount does (when the last process in the namespace exits).
+}
+
+/// A loop device that a running container attached to the same extent of
+/// the very file the caller opened (same `st_dev` and `st_ino`, offset and
+/// size), read-only and auto-clearing. Mounting it reuses that container's
+/// squashfs superblock, and so its page cache: the many ranks of one job
+/// start without decompressing the image again each. The device is open
+/// while it is checked, so it cannot be detached and rebound in between.
+/// Any doubt (an unreadable listing, a device gone) means "none".
+fn shared_loop(img: &Image) -> Option<(OwnedFd, CString)> {
+    let st = sys::fstat(img.fd.as_fd()).ok()?;
+    for entry in std::fs::read_dir("/sys/block").ok()?.flatten() {
+        let name = entry.file_name();
+        let Some(n) = name.to_str().and_then(|s| s.strip_prefix("loop")) else { continue };
+        if n.parse::<u32>().is_err() || !entry.path().join("loop").exists() {
+            continue; // not a loop device, or not bound
+        }
+        let Ok(dev) = CString::new(format!("/dev/loop{n}")) else { continue };
+        let Ok(fd) = sys::open(&dev, libc::O_RDONLY) else { continue };
+        let Ok(s) = sys::loop_status(fd.as_fd()) else { continue };
+        if s.read_only_autoclear
+            && s.device == st.st_dev
+            && s.inode == st.st_ino
+            && s.offset == img.offset
+            && s.size == img.size
+        {
+            return Some((fd, dev));
+        }
+    }
+    None
 }
 
 /// How many loop devices, from the first free one up, a start tries before

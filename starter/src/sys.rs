@@ -427,6 +427,7 @@ pub fn move_mount_to(tree: BorrowedFd<'_>, target: BorrowedFd<'_>) -> io::Result
 const LOOP_CTL_ADD: libc::c_ulong = 0x4C80;
 const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
 const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
+const LOOP_GET_STATUS64: libc::c_ulong = 0x4C05;
 const LO_FLAGS_READ_ONLY: u32 = 1;
 const LO_FLAGS_AUTOCLEAR: u32 = 4;
 
@@ -460,6 +461,33 @@ pub fn loop_get_free(control: BorrowedFd<'_>) -> io::Result<u32> {
     // SAFETY: LOOP_CTL_GET_FREE takes no argument.
     let n = cvt(unsafe { libc::ioctl(control.as_raw_fd(), LOOP_CTL_GET_FREE) })?;
     Ok(n as u32)
+}
+
+/// What a bound loop device shows of its backing file.
+pub struct LoopStatus {
+    /// `st_dev` and `st_ino` of the backing file.
+    pub device: u64,
+    pub inode: u64,
+    pub offset: u64,
+    pub size: u64,
+    /// Read-only and auto-clearing, as every device the starter attaches.
+    pub read_only_autoclear: bool,
+}
+
+/// The binding of the loop device open at `dev` (ENXIO if it is unbound).
+pub fn loop_status(dev: BorrowedFd<'_>) -> io::Result<LoopStatus> {
+    // SAFETY: all-zero is a valid LoopInfo64 (plain integers and arrays).
+    let mut info: LoopInfo64 = unsafe { zeroed() };
+    // SAFETY: info is valid, writable storage of the struct the ioctl fills.
+    cvt(unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_GET_STATUS64, &mut info as *mut LoopInfo64) })?;
+    let want = LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR;
+    Ok(LoopStatus {
+        device: info.lo_device,
+        inode: info.lo_inode,
+        offset: info.lo_offset,
+        size: info.lo_sizelimit,
+        read_only_autoclear: info.lo_flags & want == want,
+    })
 }
 
 /// Make loop device number `n` exist (`Ok` if it already did).

@@ -126,3 +126,15 @@ fn bind_path_adds_site_binds() {
     let r = husk(&["exec", &img.to_string_lossy(), "cat", "/site/f"]).run();
     assert_eq!((r.code, r.stdout.as_str()), (0, "site\n"), "{}", r.stderr);
 }
+
+#[test]
+fn shared_loop_devices_no_gives_each_container_its_own() {
+    if env().is_none() {
+        return;
+    }
+    let Some(sif) = image(Kind::Sif) else { return };
+    let sif = sif.to_string_lossy().into_owned();
+    let _r = edit();
+    write_conf("shared loop devices = no\n");
+    assert_eq!(loops_while_two_run(&sif, &sif), (2, 2));
+}

@@ -1,18 +1,24 @@
 //! Loop devices under contention. The kernel names the lowest free loop
 //! device to every start alike, and a device it calls free may already be
 //! claimed by someone else (another start, blkid, an admin's tool): a start
-//! must pass over it, not fail. Alone in its own test binary, so that the
-//! device it holds stays the first free one.
+//! must pass over it, not fail. Containers of one image file running at
+//! once share one loop device (and so one squashfs cache). In their own
+//! test binary, one at a time, so that the device a test holds stays the
+//! first free one.
 
 mod common;
 use common::*;
 use std::os::unix::fs::OpenOptionsExt;
+use std::sync::Mutex;
+
+static SERIAL: Mutex<()> = Mutex::new(());
 
 #[test]
 fn starts_pass_over_a_claimed_loop_device_and_survive_a_crowd() {
     if env().is_none() {
         return;
     }
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let Some(sif) = image(Kind::Sif) else { return };
     let sif = sif.to_string_lossy().into_owned();
     // Claimed with O_EXCL, the device stays unbound (the first free one)
@@ -42,4 +48,18 @@ fn starts_pass_over_a_claimed_loop_device_and_survive_a_crowd() {
         .map(|r| format!("{}: {}", r.code, r.stderr.trim()))
         .collect();
     assert_eq!(failed, Vec::<String>::new(), "starts among 64 concurrent ones failed");
+}
+
+#[test]
+fn containers_of_one_image_share_its_loop_device_and_no_other() {
+    let Some(e) = env() else { return };
+    let Some(sif) = image(Kind::Sif) else { return };
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let sif = sif.to_string_lossy().into_owned();
+    assert_eq!(loops_while_two_run(&sif, &sif), (1, 1), "two containers of {sif}");
+    // A copy has the same bytes but is another file: never its device.
+    let copy = e.work.join("images/busybox-copy.sif");
+    sh(&format!("cp {sif} {0} && chmod 644 {0}", copy.display()));
+    let copy = copy.to_string_lossy().into_owned();
+    assert_eq!(loops_while_two_run(&sif, &copy), (1, 1), "{sif} and its copy");
 }

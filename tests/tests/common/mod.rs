@@ -236,3 +236,44 @@ pub fn assert_one_line_error(r: &Run, needle: &str) {
     assert_eq!(lines.len(), 1, "want one line on stderr, got: {:?}", r.stderr);
     assert!(lines[0].contains(needle), "stderr {:?} does not mention {needle:?}", lines[0]);
 }
+
+/// Loop devices bound to the file `img`, as `losetup -j` lists them.
+pub fn loops_bound_to(img: &str) -> usize {
+    sh(&format!("losetup -j {img}")).lines().count()
+}
+
+/// Start a container of `a`, and while it runs one of `b`; while both run,
+/// count the loop devices bound to each file. Both must succeed, and every
+/// device must be gone after them.
+pub fn loops_while_two_run(a: &str, b: &str) -> (usize, usize) {
+    let tag = format!("/tmp/husk-two-{}-{:?}", std::process::id(), std::thread::current().id());
+    let tag: String =
+        tag.chars().filter(|c| c.is_ascii_alphanumeric() || "/-".contains(*c)).collect();
+    let start = |img: &str, mark: String, secs: u32| {
+        let img = img.to_string();
+        let script = format!("touch {mark} && sleep {secs}");
+        let t = std::thread::spawn(move || husk(&["exec", &img, "sh", "-c", &script]).run());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !std::path::Path::new(&mark).exists() {
+            assert!(std::time::Instant::now() < deadline, "{mark} never appeared");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        t
+    };
+    let first = start(a, format!("{tag}-a"), 2);
+    let second = start(b, format!("{tag}-b"), 1);
+    let counts = (loops_bound_to(a), loops_bound_to(b));
+    for (t, which) in [(first, a), (second, b)] {
+        let r = t.join().unwrap();
+        assert_eq!(r.code, 0, "container of {which}: {}", r.stderr);
+    }
+    let _ = std::fs::remove_file(format!("{tag}-a"));
+    let _ = std::fs::remove_file(format!("{tag}-b"));
+    let mut tries = 0;
+    while loops_bound_to(a) + loops_bound_to(b) > 0 && tries < 50 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        tries += 1;
+    }
+    assert_eq!(loops_bound_to(a) + loops_bound_to(b), 0, "loop devices left behind");
+    counts
+}
