@@ -184,12 +184,15 @@ pub fn build_request(opts: &RunOpts, img: &ImageInfo, action: Action) -> Result<
         std::env::vars_os().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect();
     let path = img.path_bytes();
     let name = img.path.file_name().map(|n| n.as_bytes().to_vec()).unwrap_or_default();
+    let set = env::user_set(opts.env_file.as_deref(), &opts.env, &host)?;
     let environment = env::compute(&env::Inputs {
         host: &host,
         image: &img.config.env,
         home: &home,
         container: &path,
         name: &name,
+        cleanenv: opts.cleanenv,
+        set: &set,
     });
     let argv: Vec<Vec<u8>> = match action {
         Action::Exec(cmd) if img.env_scripts_matter() => {

@@ -22,6 +22,7 @@ mod squashfs;
 mod sys;
 
 use anyhow::{Context, Result};
+use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand};
 use std::process::ExitCode;
 
@@ -43,14 +44,23 @@ struct Cli {
 #[derive(Args, Clone, Default)]
 pub struct RunOpts {
     /// Bind a host path: SRC[:DST[:ro|rw]], comma-separated lists allowed
-    #[arg(short = 'B', long = "bind", value_name = "SPEC")]
+    #[arg(short = 'B', long = "bind", value_name = "SPEC", env = "HUSK_BIND")]
     pub bind: Vec<String>,
     /// Start in DIR inside the container (an error if it does not exist)
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", env = "HUSK_PWD")]
     pub pwd: Option<String>,
     /// Do not bind the home directory
-    #[arg(long)]
+    #[arg(long, env = "HUSK_NO_HOME", value_parser = BoolishValueParser::new())]
     pub no_home: bool,
+    /// Leave out the host's environment (TERM and proxy variables pass; LANG=C)
+    #[arg(short = 'e', long, env = "HUSK_CLEANENV", value_parser = BoolishValueParser::new())]
+    pub cleanenv: bool,
+    /// Set a variable inside: NAME=value, or NAME for the host's value (repeatable)
+    #[arg(long = "env", value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
+    /// Read NAME=value lines from FILE (Docker's format: verbatim values, # comments)
+    #[arg(long, value_name = "FILE", env = "HUSK_ENV_FILE")]
+    pub env_file: Option<std::path::PathBuf>,
     /// For an image source: pick this architecture from a multi-architecture
     /// image (e.g. arm64, arm/v7)
     #[arg(long)]

@@ -407,6 +407,46 @@ fn env_values_are_the_image_configs_byte_for_byte() {
     }
 }
 
+#[test]
+fn environment_precedence_holds_at_all_five_levels() {
+    if images().is_none() {
+        return;
+    }
+    // SINGLE is set by the image's ENV; set it at every other level too,
+    // then peel the levels off from the top.
+    let config = image_config("layers");
+    assert!(strings(&config["config"]["Env"]).contains(&"SINGLE=word".to_string()));
+    let sb = Sandbox::new("env-levels");
+    let file = sb.path("env-file");
+    std::fs::write(&file, "# levels\nSINGLE=from-file\n").unwrap();
+    sh(&format!("chmod 644 {}", file.display()));
+    let img = sif("layers");
+    let img = img.to_str().unwrap();
+    let file = file.to_str().unwrap();
+    let value = |args: &[&str], huskenv: bool| {
+        let mut a = vec!["exec"];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&[img, "sh", "-c", "printf %s \"$SINGLE\""]);
+        let mut c = sb.husk(&a).env("SINGLE", "from-host");
+        if huskenv {
+            c = c.env("HUSKENV_SINGLE", "from-huskenv");
+        }
+        let r = c.run();
+        assert_eq!(r.code, 0, "{a:?}: {}", r.stderr);
+        r.stdout
+    };
+    let all = ["--env-file", file, "--env", "SINGLE=from-flag"];
+    assert_eq!(value(&all, true), "from-flag");
+    assert_eq!(value(&all[..2], true), "from-file");
+    assert_eq!(value(&[], true), "from-huskenv");
+    assert_eq!(value(&[], false), "word", "the image's ENV over the host's");
+    // Without the image's ENV the host's value would show: it does for a
+    // name the image does not set.
+    let r =
+        sb.husk(&["exec", img, "sh", "-c", "printf %s \"$HOSTONLY\""]).env("HOSTONLY", "h").run();
+    assert_eq!(r.stdout, "h");
+}
+
 /// What the OCI rule says `run ARGS` executes: ENTRYPOINT + (ARGS, else CMD).
 fn oci_argv(name: &str, args: &[&str]) -> Vec<String> {
     let c = &image_config(name)["config"];
