@@ -206,6 +206,14 @@ pub fn build_request(opts: &RunOpts, img: &ImageInfo, action: Action) -> Result<
     if argv.get(2).is_some_and(|s| s.starts_with(ENV_PROLOGUE.as_bytes())) {
         env.extend(wrapper_env(&environment));
     }
+    let hostname = match &opts.hostname {
+        Some(h) => {
+            husk_protocol::check_hostname(h.as_bytes())
+                .map_err(|_| anyhow!("--hostname {h}: not an RFC 1123 host name"))?;
+            Some(h.as_bytes().to_vec())
+        }
+        None => None,
+    };
     let mut binds = parse_binds(&opts.bind)?;
     let home_bind = if opts.no_home {
         None
@@ -238,7 +246,14 @@ pub fn build_request(opts: &RunOpts, img: &ImageInfo, action: Action) -> Result<
         mount_tmp: true,
         binds,
         identity: ident,
-        namespaces: Namespaces::default(),
+        namespaces: Namespaces {
+            pid: false,
+            ipc: opts.ipc,
+            net: opts.net,
+            uts: opts.uts || hostname.is_some(),
+        },
+        hostname,
+        writable_tmpfs: false,
     })
 }
 

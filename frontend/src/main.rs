@@ -61,6 +61,18 @@ pub struct RunOpts {
     /// Read NAME=value lines from FILE (Docker's format: verbatim values, # comments)
     #[arg(long, value_name = "FILE", env = "HUSK_ENV_FILE")]
     pub env_file: Option<std::path::PathBuf>,
+    /// A new IPC namespace
+    #[arg(short = 'i', long, env = "HUSK_IPC", value_parser = BoolishValueParser::new())]
+    pub ipc: bool,
+    /// A new network namespace with only the loopback interface, up
+    #[arg(short = 'n', long, env = "HUSK_NET", value_parser = BoolishValueParser::new())]
+    pub net: bool,
+    /// A new UTS namespace (own host name)
+    #[arg(long, env = "HUSK_UTS", value_parser = BoolishValueParser::new())]
+    pub uts: bool,
+    /// The container's host name (implies --uts)
+    #[arg(long, value_name = "NAME", env = "HUSK_HOSTNAME")]
+    pub hostname: Option<String>,
     /// For an image source: pick this architecture from a multi-architecture
     /// image (e.g. arm64, arm/v7)
     #[arg(long)]

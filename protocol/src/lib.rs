@@ -9,12 +9,12 @@ mod codec;
 mod validate;
 
 pub use codec::{decode_body, read_frame, DecodeError};
-pub use validate::{check_path, validate, ValidationError};
+pub use validate::{check_hostname, check_path, validate, ValidationError};
 
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: [u8; 4] = *b"HUSK";
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Header: magic, version, body length.
 pub const HEADER_LEN: usize = 10;
 /// The largest body the starter accepts.
@@ -26,6 +26,8 @@ pub const MAX_ENV: usize = 65_536;
 pub const MAX_BINDS: usize = 256;
 pub const MAX_GROUPS: usize = 65_536;
 pub const MAX_NAME: usize = 256;
+/// The kernel's limit on a host name (HOST_NAME_MAX).
+pub const MAX_HOSTNAME: usize = 64;
 
 /// Everything the starter needs to build and enter one container.
 /// Byte strings are kept as bytes: Linux paths, arguments and environment
@@ -51,6 +53,11 @@ pub struct Request {
     /// starter takes the uid, gid and groups from the kernel, never from here.
     pub identity: Identity,
     pub namespaces: Namespaces,
+    /// With `namespaces.uts`: the container's host name (RFC 1123).
+    pub hostname: Option<Vec<u8>>,
+    /// Writes to the container root go to a size-limited tmpfs and vanish
+    /// at exit; otherwise the root is read-only.
+    pub writable_tmpfs: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

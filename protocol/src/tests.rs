@@ -24,6 +24,8 @@ fn sample() -> Request {
             groups: vec![GroupName { gid: 1000, name: b"alice".to_vec() }],
         },
         namespaces: Namespaces::default(),
+        hostname: None,
+        writable_tmpfs: false,
     }
 }
 
@@ -38,8 +40,10 @@ fn round_trip() {
 #[test]
 fn wrong_version_is_refused() {
     let mut bytes = encode(&sample()).unwrap();
-    bytes[4] = 2;
-    assert_eq!(read_frame(&bytes[..]), Err(DecodeError::Version(2)));
+    bytes[4..6].copy_from_slice(&(VERSION + 1).to_le_bytes());
+    assert_eq!(read_frame(&bytes[..]), Err(DecodeError::Version(VERSION + 1)));
+    bytes[4..6].copy_from_slice(&1u16.to_le_bytes());
+    assert_eq!(read_frame(&bytes[..]), Err(DecodeError::Version(1)));
 }
 
 #[test]
@@ -151,6 +155,8 @@ prop_compose! {
         gecos in bytes(),
         groups in proptest::collection::vec((any::<u32>(), bytes()), 0..4),
         ns in any::<(bool, bool, bool, bool)>(),
+        hostname in proptest::option::of(bytes()),
+        writable_tmpfs in any::<bool>(),
     ) -> Request {
         Request {
             image: Image { path, kind },
@@ -160,6 +166,8 @@ prop_compose! {
                 groups: groups.into_iter().map(|(gid, name)| GroupName { gid, name }).collect(),
             },
             namespaces: Namespaces { pid: ns.0, ipc: ns.1, net: ns.2, uts: ns.3 },
+            hostname,
+            writable_tmpfs,
         }
     }
 }
@@ -191,4 +199,22 @@ proptest! {
             let _ = validate(&r);
         }
     }
+}
+
+#[test]
+fn host_names_follow_rfc_1123_and_need_a_uts_namespace() {
+    let mut r = sample();
+    r.namespaces.uts = true;
+    for good in ["box1", "a", "node-7.cluster.example", &"a".repeat(63)] {
+        r.hostname = Some(good.as_bytes().to_vec());
+        assert_eq!(validate(&r), Ok(()), "{good}");
+    }
+    let long = format!("{}.{}", "a".repeat(40), "b".repeat(30));
+    for bad in ["", "-x", "x-", "a..b", "under_score", "sp ace", "x\n", &"a".repeat(64), &long] {
+        r.hostname = Some(bad.as_bytes().to_vec());
+        assert_eq!(validate(&r).unwrap_err().field, "hostname", "{bad:?}");
+    }
+    r.namespaces.uts = false;
+    r.hostname = Some(b"box1".to_vec());
+    assert_eq!(validate(&r).unwrap_err().reason, "set without a UTS namespace");
 }

@@ -2,7 +2,8 @@
 //! check. Pure, total and panic-free.
 
 use crate::{
-    Bind, ImageKind, Request, MAX_ARGS, MAX_BINDS, MAX_ENV, MAX_GROUPS, MAX_NAME, MAX_PATH,
+    Bind, ImageKind, Request, MAX_ARGS, MAX_BINDS, MAX_ENV, MAX_GROUPS, MAX_HOSTNAME, MAX_NAME,
+    MAX_PATH,
 };
 use std::fmt;
 
@@ -68,6 +69,26 @@ fn check_bind(field: &'static str, b: &Bind) -> Result<(), ValidationError> {
     Ok(())
 }
 
+/// A host name as RFC 1123 allows: dot-separated labels of 1 to 63 letters,
+/// digits and hyphens, no label starting or ending with a hyphen; at most
+/// the kernel's 64 bytes in all.
+pub fn check_hostname(h: &[u8]) -> Result<(), ValidationError> {
+    if h.is_empty() || h.len() > MAX_HOSTNAME {
+        return err("hostname", "empty or longer than 64 bytes");
+    }
+    for label in h.split(|&b| b == b'.') {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && label.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-')
+            && label.first() != Some(&b'-')
+            && label.last() != Some(&b'-');
+        if !ok {
+            return err("hostname", "not an RFC 1123 host name");
+        }
+    }
+    Ok(())
+}
+
 /// Check every field of a decoded request.
 pub fn validate(req: &Request) -> Result<(), ValidationError> {
     check_path("image.path", &req.image.path)?;
@@ -121,6 +142,12 @@ pub fn validate(req: &Request) -> Result<(), ValidationError> {
     }
     for g in &req.identity.groups {
         check_name("identity.groups", &g.name, false)?;
+    }
+    if let Some(h) = &req.hostname {
+        if !req.namespaces.uts {
+            return err("hostname", "set without a UTS namespace");
+        }
+        check_hostname(h)?;
     }
     Ok(())
 }

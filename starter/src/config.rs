@@ -22,6 +22,10 @@ pub struct Config {
     /// May a start mount a loop device that a running container attached to
     /// the same image file?
     pub shared_loop_devices: bool,
+    /// May users ask for their own IPC, network and UTS namespaces?
+    pub allow_ipc_ns: bool,
+    pub allow_net_ns: bool,
+    pub allow_uts_ns: bool,
     /// Site-wide binds: (host source, container destination).
     pub bind_paths: Vec<(Vec<u8>, Vec<u8>)>,
 }
@@ -33,6 +37,9 @@ impl Default for Config {
             mount_home: true,
             mount_tmp: true,
             shared_loop_devices: true,
+            allow_ipc_ns: true,
+            allow_net_ns: true,
+            allow_uts_ns: true,
             bind_paths: Vec::new(),
         }
     }
@@ -125,6 +132,9 @@ pub fn parse(text: &str) -> std::result::Result<Config, String> {
             "mount home" => yes_no(value).map(|v| c.mount_home = v),
             "mount tmp" => yes_no(value).map(|v| c.mount_tmp = v),
             "shared loop devices" => yes_no(value).map(|v| c.shared_loop_devices = v),
+            "allow ipc namespace" => yes_no(value).map(|v| c.allow_ipc_ns = v),
+            "allow net namespace" => yes_no(value).map(|v| c.allow_net_ns = v),
+            "allow uts namespace" => yes_no(value).map(|v| c.allow_uts_ns = v),
             "bind path" => parse_bind(value).map(|b| c.bind_paths.push(b)),
             _ => Err(format!("unknown directive '{key}'")),
         };
@@ -153,11 +163,13 @@ mod tests {
     fn defaults_and_directives() {
         let c = parse(
             "# site policy\n\nallow setuid = yes\nmount  home = no\nmount tmp=no\n\
-             shared loop devices = no\n\
+             shared loop devices = no\nallow ipc namespace = no\nallow net namespace = no\n\
+             allow uts namespace = no\n\
              bind path = /etc/localtime\nbind path = /data:/mnt/data\n",
         )
         .unwrap();
         assert!(c.allow_setuid && !c.mount_home && !c.mount_tmp && !c.shared_loop_devices);
+        assert!(!c.allow_ipc_ns && !c.allow_net_ns && !c.allow_uts_ns);
         assert_eq!(
             c.bind_paths,
             vec![

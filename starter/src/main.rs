@@ -58,9 +58,20 @@ fn check_policy(
         )));
     }
     let ns = &req.namespaces;
-    for (on, flag) in [(ns.pid, "--pid"), (ns.ipc, "--ipc"), (ns.net, "--net"), (ns.uts, "--uts")] {
-        if on {
-            return Err(Error::new(format!("{flag}: not supported by this starter yet")));
+    if ns.pid {
+        return Err(Error::new("--pid: not supported by this starter yet"));
+    }
+    let asked = [
+        (ns.ipc, conf.allow_ipc_ns, "--ipc", "allow ipc namespace"),
+        (ns.net, conf.allow_net_ns, "--net", "allow net namespace"),
+        (ns.uts, conf.allow_uts_ns, "--uts/--hostname", "allow uts namespace"),
+    ];
+    for (on, allowed, flag, directive) in asked {
+        if on && !allowed {
+            return Err(Error::new(format!(
+                "{flag}: not allowed by '{directive}' in {}",
+                config::CONFIG_PATH
+            )));
         }
     }
     Ok(())

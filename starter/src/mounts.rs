@@ -20,6 +20,7 @@ const STAGE: &CStr = c"/tmp";
 const LOWER: &CStr = c"/tmp/lower";
 const ROOT: &CStr = c"/tmp/root";
 const PROBE: &CStr = c"/tmp/probe";
+const SYSFS: &CStr = c"/tmp/sys";
 /// Overlay metadata in the image (which a directory image's owner may craft
 /// through a filesystem they control) is never followed.
 const OVERLAY_OPTS: &CStr =
@@ -48,15 +49,18 @@ fn detach(
     Ok(Detached { tree, dst: dst.to_vec(), is_dir })
 }
 
-/// Every host object the container shows, in mount order.
-fn detach_all(objs: &Objects) -> Result<Vec<Detached>> {
-    let proc_sys = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV | sys::MOUNT_ATTR_NOEXEC;
-    let mut v = vec![
-        detach(objs.proc_.as_fd(), b"/proc", true, true, proc_sys)?,
-        detach(objs.sys_.as_fd(), b"/sys", true, true, proc_sys)?,
-        // Devices must work under /dev; setuid files must not.
-        detach(objs.dev.as_fd(), b"/dev", true, true, sys::MOUNT_ATTR_NOSUID)?,
-    ];
+const PROC_SYS: u64 = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV | sys::MOUNT_ATTR_NOEXEC;
+
+/// Every host object the container shows, in mount order. Without the
+/// host's /sys when the container has its own network namespace: sysfs
+/// shows the network of whoever mounted it.
+fn detach_all(objs: &Objects, own_net: bool) -> Result<Vec<Detached>> {
+    let mut v = vec![detach(objs.proc_.as_fd(), b"/proc", true, true, PROC_SYS)?];
+    if !own_net {
+        v.push(detach(objs.sys_.as_fd(), b"/sys", true, true, PROC_SYS)?);
+    }
+    // Devices must work under /dev; setuid files must not.
+    v.push(detach(objs.dev.as_fd(), b"/dev", true, true, sys::MOUNT_ATTR_NOSUID)?);
     let sources = objs
         .etc_files
         .iter()
@@ -87,12 +91,33 @@ pub fn build(req: &Request, caller: &Caller, objs: Objects, conf: &Config) -> Re
         }
         _ => None,
     };
-    let binds = detach_all(&objs)?;
-    sys::unshare(libc::CLONE_NEWNS).ctx(|| "unshare mount namespace".into())?;
+    let ns = &req.namespaces;
+    let mut binds = detach_all(&objs, ns.net)?;
+    let mut flags = libc::CLONE_NEWNS;
+    for (on, flag) in
+        [(ns.ipc, libc::CLONE_NEWIPC), (ns.net, libc::CLONE_NEWNET), (ns.uts, libc::CLONE_NEWUTS)]
+    {
+        if on {
+            flags |= flag;
+        }
+    }
+    sys::unshare(flags).ctx(|| "unshare namespaces".into())?;
     sys::mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None)
         .ctx(|| "make / private".into())?;
     sys::umask(0);
     stage()?;
+    if let Some(name) = &req.hostname {
+        sys::sethostname(name).ctx(|| "set the host name".into())?;
+    }
+    if ns.net {
+        sys::loopback_up().ctx(|| "bring up lo in the new network namespace".into())?;
+        let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        sys::mount(Some(c"sysfs"), SYSFS, Some(c"sysfs"), flags, None)
+            .ctx(|| "mount sysfs for the new network namespace".into())?;
+        let fresh =
+            sys::open(SYSFS, libc::O_PATH | libc::O_DIRECTORY).ctx(|| "open sysfs".into())?;
+        binds.insert(1, detach(fresh.as_fd(), b"/sys", true, false, PROC_SYS)?);
+    }
     match image_tree {
         Some((t, probe)) => {
             refuse_inner_mounts(probe, &req.image.path)?;
@@ -164,6 +189,7 @@ fn stage() -> Result<()> {
         (c"work", 0o700),
         (c"root", 0o755),
         (c"probe", 0o700),
+        (c"sys", 0o755),
     ];
     for (name, mode) in dirs {
         sys::mkdirat(stage.as_fd(), name, mode).ctx(|| format!("mkdir staging {name:?}"))?;

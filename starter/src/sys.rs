@@ -311,6 +311,34 @@ pub fn unshare(flags: libc::c_int) -> io::Result<()> {
     Ok(())
 }
 
+pub fn sethostname(name: &[u8]) -> io::Result<()> {
+    // SAFETY: the pointer is valid for name.len() bytes.
+    cvt(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) })?;
+    Ok(())
+}
+
+/// Bring the loopback interface of the current network namespace up.
+pub fn loopback_up() -> io::Result<()> {
+    // SAFETY: plain integer arguments.
+    let s = cvt(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: socket returned a new fd that nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(s) };
+    // SAFETY: all-zero is a valid ifreq (integers, arrays and a union of them).
+    let mut req: libc::ifreq = unsafe { zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: req is a valid ifreq naming an interface; the kernel fills its flags.
+    cvt(unsafe {
+        libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req as *mut libc::ifreq)
+    })?;
+    // SAFETY: SIOCGIFFLAGS set the flags member of the union, which is read here.
+    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    // SAFETY: req is a valid ifreq with the flags to set.
+    cvt(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req as *const libc::ifreq) })?;
+    Ok(())
+}
+
 pub fn mount(
     src: Option<&CStr>,
     target: &CStr,

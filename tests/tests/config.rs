@@ -138,3 +138,44 @@ fn shared_loop_devices_no_gives_each_container_its_own() {
     write_conf("shared loop devices = no\n");
     assert_eq!(loops_while_two_run(&sif, &sif), (2, 2));
 }
+
+#[test]
+fn namespace_directives_refuse_through_the_frontend_and_raw_requests() {
+    if env().is_none() {
+        return;
+    }
+    let Some(sif) = image(Kind::Sif) else { return };
+    let sif = sif.to_string_lossy().into_owned();
+    for (directive, flag, set) in [
+        (
+            "allow ipc namespace",
+            "--ipc",
+            (|r| r.namespaces.ipc = true) as fn(&mut husk_protocol::Request),
+        ),
+        ("allow net namespace", "--net", |r| r.namespaces.net = true),
+        ("allow uts namespace", "--hostname", |r| {
+            r.namespaces.uts = true;
+            r.hostname = Some(b"box1".to_vec());
+        }),
+    ] {
+        let _r = edit();
+        write_conf(&format!("{directive} = no\n"));
+        let mut args = vec!["exec", flag];
+        if flag == "--hostname" {
+            args.push("box1");
+        }
+        args.extend_from_slice(&[&sif, "echo", "ran"]);
+        let r = husk(&args).run();
+        assert_one_line_error(&r, &format!("not allowed by '{directive}'"));
+        assert!(r.stdout.is_empty());
+        let mut req = valid_request(&["echo", "ran"]);
+        set(&mut req);
+        let r = send(husk_protocol::encode(&req).unwrap());
+        assert_one_line_error(&r, &format!("not allowed by '{directive}'"));
+        assert!(r.stdout.is_empty(), "{directive}: a forged request ran");
+        // Allowed (the default), the same request runs.
+        write_conf(&format!("{directive} = yes\n"));
+        let r = send(husk_protocol::encode(&req).unwrap());
+        assert_eq!((r.code, r.stdout.as_str()), (0, "ran\n"), "{directive}: {}", r.stderr);
+    }
+}

@@ -56,3 +56,75 @@ fn env_flags_set_values_verbatim_and_bad_ones_are_one_line() {
     let r = husk(&["exec", "--env-file", "/nonexistent/env", &img, "true"]).run();
     assert_one_line_error(&r, "/nonexistent/env");
 }
+
+#[test]
+fn net_gives_only_loopback_up_and_no_way_to_the_hosts() {
+    let Some(img) = fixture() else { return };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    // Accept in the background so that a connection that gets through is seen.
+    listener.set_nonblocking(true).unwrap();
+    let connect = format!("echo hi | nc -w 2 127.0.0.1 {port} && echo connected");
+    for how in ["--net", "-n"] {
+        let r = husk(&["exec", how, &img, "sh", "-c", "ls /sys/class/net; ip link show lo"]).run();
+        assert_eq!(r.code, 0, "{how}: {}", r.stderr);
+        let mut lines = r.stdout.lines();
+        assert_eq!(lines.next(), Some("lo"), "{how}: /sys/class/net: {}", r.stdout);
+        let link = lines.collect::<Vec<_>>().join("\n");
+        assert_eq!(r.stdout.lines().filter(|l| !l.starts_with(' ')).count(), 2, "{}", r.stdout);
+        assert!(link.contains("<LOOPBACK,UP"), "{how}: lo is not up: {link}");
+        let r = husk(&["exec", how, &img, "sh", "-c", &connect]).run();
+        assert!(!r.stdout.contains("connected"), "{how}: reached the host's loopback");
+    }
+    assert!(listener.accept().is_err(), "a connection from a --net container arrived");
+    // Without --net the same connection works: the check above can fail.
+    let r = husk(&["exec", &img, "sh", "-c", &connect]).run();
+    assert!(r.stdout.contains("connected"), "no connection without --net: {}", r.stderr);
+    // And the container sees the host's interfaces.
+    let r = husk(&["exec", &img, "ls", "/sys/class/net"]).run();
+    let host: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(r.stdout.lines().count(), host.len(), "{}", r.stdout);
+}
+
+#[test]
+fn ipc_gives_a_new_ipc_namespace() {
+    let Some(img) = fixture() else { return };
+    let host = std::fs::read_link("/proc/self/ns/ipc").unwrap();
+    let host = host.to_string_lossy();
+    let inside = |args: &[&str]| {
+        let mut a = vec!["exec"];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&[&img, "readlink", "/proc/self/ns/ipc"]);
+        let r = husk(&a).run();
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        r.stdout.trim().to_string()
+    };
+    assert_eq!(inside(&[]), host, "without --ipc the host's");
+    assert_ne!(inside(&["--ipc"]), host);
+    assert_ne!(inside(&["-i"]), host);
+}
+
+#[test]
+fn hostname_sets_the_containers_name_only() {
+    let Some(img) = fixture() else { return };
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let r = husk(&["exec", "--hostname", "box1", &img, "hostname"]).run();
+    assert_eq!((r.code, r.stdout.as_str()), (0, "box1\n"), "{}", r.stderr);
+    let r = husk(&["exec", &img, "hostname"]).env("HUSK_HOSTNAME", "box2").run();
+    assert_eq!(r.stdout, "box2\n", "HUSK_HOSTNAME: {}", r.stderr);
+    // --uts alone keeps the name but in a namespace of its own.
+    let r =
+        husk(&["exec", "--uts", &img, "sh", "-c", "hostname; readlink /proc/self/ns/uts"]).run();
+    let mut lines = r.stdout.lines();
+    assert_eq!(lines.next(), Some(host.trim()), "{}", r.stderr);
+    let host_uts = std::fs::read_link("/proc/self/ns/uts").unwrap();
+    assert_ne!(lines.next().unwrap_or(""), host_uts.to_string_lossy());
+    assert_eq!(std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap(), host);
+    for bad in ["bad_name", "-x", "a..b", &"x".repeat(65)] {
+        let r = husk(&["exec", "--hostname", bad, &img, "true"]).run();
+        assert_one_line_error(&r, "--hostname");
+    }
+}

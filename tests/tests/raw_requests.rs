@@ -6,50 +6,6 @@ mod common;
 use common::*;
 use husk_protocol::*;
 
-fn starter() -> String {
-    env().unwrap().prefix.join("libexec/husk/husk-starter").to_string_lossy().into_owned()
-}
-
-/// Run the starter as the test user with `bytes` on its fd 3 (a pipe).
-fn send(bytes: Vec<u8>) -> Run {
-    as_user(&["sh", "-c", "exec \"$0\" 3<&0 </dev/null", &starter()]).stdin(bytes).run()
-}
-
-fn valid_request(argv: &[&str]) -> Request {
-    let e = env().unwrap();
-    let img = image(Kind::Sif).unwrap();
-    let (offset, size) = sif_partition(&img);
-    let kind = ImageKind::Sif { offset, size };
-    Request {
-        image: Image { path: img.to_string_lossy().as_bytes().to_vec(), kind },
-        argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
-        env: vec![b"PATH=/bin".to_vec()],
-        cwd: b"/".to_vec(),
-        cwd_required: false,
-        home: None,
-        mount_tmp: false,
-        binds: vec![],
-        identity: Identity { user_name: e.user.as_bytes().to_vec(), gecos: vec![], groups: vec![] },
-        namespaces: Namespaces::default(),
-    }
-}
-
-fn sif_partition(p: &std::path::Path) -> (u64, u64) {
-    let d = std::fs::read(p).unwrap();
-    let table = u64::from_le_bytes(d[96..104].try_into().unwrap()) as usize;
-    let count = u64::from_le_bytes(d[88..96].try_into().unwrap()) as usize;
-    (0..count)
-        .map(|i| &d[table + i * 585..table + (i + 1) * 585])
-        .find(|x| x[4] == 1 && i32::from_le_bytes(x[0..4].try_into().unwrap()) == 0x4004)
-        .map(|x| {
-            (
-                u64::from_le_bytes(x[17..25].try_into().unwrap()),
-                u64::from_le_bytes(x[25..33].try_into().unwrap()),
-            )
-        })
-        .unwrap()
-}
-
 fn header(version: u16, len: u32) -> Vec<u8> {
     let mut h = MAGIC.to_vec();
     h.extend_from_slice(&version.to_le_bytes());
@@ -125,8 +81,8 @@ fn forged_fields_are_refused() {
     let mut shadow_image = valid_request(&["id"]);
     shadow_image.image.path = b"/etc/shadow".to_vec();
     shadow_image.image.kind = ImageKind::Squashfs;
-    let mut net = valid_request(&["id"]);
-    net.namespaces.net = true;
+    let mut pid = valid_request(&["id"]);
+    pid.namespaces.pid = true;
     let mut evil_name = valid_request(&["id"]);
     evil_name.identity.user_name = b"root:x:0:0::/:/bin/sh\nx".to_vec();
     for (name, req, needle) in [
@@ -139,7 +95,7 @@ fn forged_fields_are_refused() {
         ("partition past the end", past_end, "outside the file"),
         ("host root as image", host_root, "host root"),
         ("/etc/shadow as image", shadow_image, "not found or not accessible"),
-        ("unsupported namespace", net, "--net"),
+        ("unsupported namespace", pid, "--pid"),
         ("passwd injection", evil_name, "user_name"),
     ] {
         let r = send(encode(&req).unwrap());

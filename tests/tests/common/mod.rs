@@ -277,3 +277,54 @@ pub fn loops_while_two_run(a: &str, b: &str) -> (usize, usize) {
     assert_eq!(loops_bound_to(a) + loops_bound_to(b), 0, "loop devices left behind");
     counts
 }
+
+// --- raw requests, bypassing the frontend ------------------------------------
+
+pub fn starter() -> String {
+    env().unwrap().prefix.join("libexec/husk/husk-starter").to_string_lossy().into_owned()
+}
+
+/// Run the starter as the test user with `bytes` on its fd 3 (a pipe).
+pub fn send(bytes: Vec<u8>) -> Run {
+    as_user(&["sh", "-c", "exec \"$0\" 3<&0 </dev/null", &starter()]).stdin(bytes).run()
+}
+
+/// A request the frontend could have sent: `argv` in the fixture SIF.
+pub fn valid_request(argv: &[&str]) -> husk_protocol::Request {
+    use husk_protocol::*;
+    let e = env().unwrap();
+    let img = image(Kind::Sif).unwrap();
+    let (offset, size) = sif_partition(&img);
+    let kind = ImageKind::Sif { offset, size };
+    Request {
+        image: Image { path: img.to_string_lossy().as_bytes().to_vec(), kind },
+        argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
+        env: vec![b"PATH=/bin".to_vec()],
+        cwd: b"/".to_vec(),
+        cwd_required: false,
+        home: None,
+        mount_tmp: false,
+        binds: vec![],
+        identity: Identity { user_name: e.user.as_bytes().to_vec(), gecos: vec![], groups: vec![] },
+        namespaces: Namespaces::default(),
+        hostname: None,
+        writable_tmpfs: false,
+    }
+}
+
+/// The primary partition (offset, size) of a SIF, read from its descriptors.
+pub fn sif_partition(p: &std::path::Path) -> (u64, u64) {
+    let d = std::fs::read(p).unwrap();
+    let table = u64::from_le_bytes(d[96..104].try_into().unwrap()) as usize;
+    let count = u64::from_le_bytes(d[88..96].try_into().unwrap()) as usize;
+    (0..count)
+        .map(|i| &d[table + i * 585..table + (i + 1) * 585])
+        .find(|x| x[4] == 1 && i32::from_le_bytes(x[0..4].try_into().unwrap()) == 0x4004)
+        .map(|x| {
+            (
+                u64::from_le_bytes(x[17..25].try_into().unwrap()),
+                u64::from_le_bytes(x[25..33].try_into().unwrap()),
+            )
+        })
+        .unwrap()
+}
