@@ -253,7 +253,7 @@ pub fn build_request(opts: &RunOpts, img: &ImageInfo, action: Action) -> Result<
             uts: opts.uts || hostname.is_some(),
         },
         hostname,
-        writable_tmpfs: false,
+        writable_tmpfs: opts.writable_tmpfs,
     })
 }
 

@@ -73,6 +73,10 @@ pub struct RunOpts {
     /// The container's host name (implies --uts)
     #[arg(long, value_name = "NAME", env = "HUSK_HOSTNAME")]
     pub hostname: Option<String>,
+    /// Let the container write to its root: the writes go to a tmpfs (64 MiB)
+    /// and are gone at exit
+    #[arg(long, env = "HUSK_WRITABLE_TMPFS", value_parser = BoolishValueParser::new())]
+    pub writable_tmpfs: bool,
     /// For an image source: pick this architecture from a multi-architecture
     /// image (e.g. arm64, arm/v7)
     #[arg(long)]

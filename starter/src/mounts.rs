@@ -150,8 +150,19 @@ pub fn build(req: &Request, caller: &Caller, objs: Objects, conf: &Config) -> Re
             .ctx(|| format!("bind {}", show(&d.dst)))?;
     }
 
-    let ro = sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
-    sys::set_mount_attrs(tree.root.as_fd(), ro, false).ctx(|| "make root read-only".into())?;
+    if req.writable_tmpfs {
+        // Writes land in the staging tmpfs (64 MiB) and vanish with it. The
+        // caller owns the container's root directory, so that entries can be
+        // made at the top as in Apptainer; deeper directories keep the
+        // image's owners. Only now: the starter writes nothing more there.
+        // (Through the overlay, which keeps its own copy of the attributes.)
+        let root = sys::open(ROOT, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW)
+            .ctx(|| "open container root".into())?;
+        sys::fchown(root.as_fd(), caller.uid, caller.gid).ctx(|| "chown container root".into())?;
+    } else {
+        let ro = sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
+        sys::set_mount_attrs(tree.root.as_fd(), ro, false).ctx(|| "make root read-only".into())?;
+    }
     enter(ROOT)
 }
 

@@ -128,3 +128,34 @@ fn hostname_sets_the_containers_name_only() {
         assert_one_line_error(&r, "--hostname");
     }
 }
+
+#[test]
+fn writable_tmpfs_takes_writes_that_vanish_at_exit() {
+    let Some(img) = fixture() else { return };
+    let script = "touch /husk-new && mkdir /husk-dir && echo kept > /husk-dir/f && cat /husk-dir/f";
+    for how in ["flag", "variable"] {
+        let mut args = vec!["exec"];
+        if how == "flag" {
+            args.push("--writable-tmpfs");
+        }
+        args.extend_from_slice(&[&img, "sh", "-c", script]);
+        let mut c = husk(&args);
+        if how == "variable" {
+            c = c.env("HUSK_WRITABLE_TMPFS", "yes");
+        }
+        let r = c.run();
+        assert_eq!((r.code, r.stdout.as_str()), (0, "kept\n"), "{how}: {}", r.stderr);
+    }
+    // Gone at exit; and without the flag the root is read-only.
+    let r = husk(&["exec", &img, "sh", "-c", "ls /husk-new; touch /husk-new"]).run();
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("No such file"), "{}", r.stderr);
+    assert!(r.stderr.contains("Read-only file system"), "{}", r.stderr);
+    // The image's own directories keep their owners; the tmpfs is bounded.
+    let r = husk(&["exec", "--writable-tmpfs", &img, "sh", "-c", "touch /etc/husk-x"]).run();
+    assert!(r.stderr.contains("Permission denied"), "{}", r.stderr);
+    let fill = "dd if=/dev/zero of=/fill bs=1M count=200 2>/dev/null; ls -l /fill";
+    let r = husk(&["exec", "--writable-tmpfs", &img, "sh", "-c", fill]).run();
+    let size: u64 = r.stdout.split_whitespace().nth(4).and_then(|s| s.parse().ok()).unwrap_or(0);
+    assert!(size > 0 && size <= 64 << 20, "wrote {size} bytes: {}", r.stdout);
+}
