@@ -38,20 +38,18 @@ pub fn blob_dir() -> Result<PathBuf> {
 /// removed on drop: a process that then locks a fresh file only finds the
 /// item done, and work in progress always goes to a name of its own.
 pub struct Lock {
-    path: PathBuf,
+    // Dropped in this order: the file goes, then the lock.
+    _path: crate::scratch::Scratch,
     _file: File,
 }
 
 pub fn lock(path: &Path) -> Result<Lock> {
     let file = File::create(path).with_context(|| format!("cache lock {}", path.display()))?;
     file.lock().with_context(|| format!("cache lock {}", path.display()))?;
-    Ok(Lock { path: path.to_path_buf(), _file: file })
-}
-
-impl Drop for Lock {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.path);
-    }
+    // Only once held: a waiter that is interrupted must not remove the file
+    // another process holds.
+    let scratch = crate::scratch::Scratch::new(path.to_path_buf());
+    Ok(Lock { _path: scratch, _file: file })
 }
 
 /// The cached SIF for `src`, converted first if it is not there yet. For a
@@ -63,6 +61,15 @@ pub fn sif_for(src: &Source, reference: &str, opts: &Options) -> Result<PathBuf>
     let dir = subdir("sif")?;
     let path = dir.join(format!("{key}.sif"));
     if path.is_file() {
+        if opts.platform.explicit {
+            let img = crate::image::open(&path.to_string_lossy())?;
+            let arch = img.husk.as_ref().and_then(|h| h.get("architecture")?.as_str());
+            opts.platform.check(
+                &format!("image {}", located.digest()),
+                arch.unwrap_or("?"),
+                None,
+            )?;
+        }
         return Ok(path);
     }
     let _lock = lock(&dir.join(format!("{key}.lock")))?;
@@ -89,7 +96,7 @@ pub fn list() -> Result<()> {
                 i.husk.and_then(|h| h.get("source").and_then(|s| s.as_str()).map(str::to_owned))
             })
             .unwrap_or_default();
-        println!("{}  {:>10}  {}", e.file_name().to_string_lossy(), len, source);
+        say!("{}  {:>10}  {}", e.file_name().to_string_lossy(), len, source);
     }
     Ok(())
 }

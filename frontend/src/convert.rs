@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 
 use std::io::{Read, Seek, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub struct Options {
     pub compression: Compression,
@@ -33,16 +33,6 @@ impl<W: Write + Seek> DataSink for Sink<'_, W> {
 }
 
 /// Removes a half-written file unless disarmed.
-struct TempFile(Option<PathBuf>);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
-
 /// Quote a value for a POSIX shell: single quotes, with `'` as `'\''`.
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
@@ -195,11 +185,12 @@ pub fn write_sif(
         .filter(|v| v.is_object())
         .unwrap_or_else(|| json!({}));
     let arch = cfg.get("architecture").and_then(Value::as_str).unwrap_or("amd64").to_string();
+    let variant = cfg.get("variant").and_then(Value::as_str);
+    opts.platform.check(&format!("image {}", image.digest), &arch, variant)?;
 
-    let dir = dest.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = dest.file_name().ok_or_else(|| anyhow!("{}: not a file name", dest.display()))?;
-    let tmp = dir.join(format!(".{}.husk-tmp-{}", name.to_string_lossy(), std::process::id()));
-    let mut guard = TempFile(Some(tmp.clone()));
+    dest.file_name().ok_or_else(|| anyhow!("{}: not a file name", dest.display()))?;
+    let tmp = crate::temp_beside(dest);
+    let guard = crate::scratch::Scratch::new(tmp.clone());
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -254,7 +245,7 @@ pub fn write_sif(
     sifw.finish(len, &info)?;
     file.sync_all()?;
     std::fs::rename(&tmp, dest).with_context(|| format!("rename to {}", dest.display()))?;
-    guard.0 = None;
+    guard.keep();
     Ok(Built { digest: image.digest.clone() })
 }
 

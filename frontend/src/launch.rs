@@ -314,7 +314,12 @@ fn open_image(image: &str, arch: Option<&str>, insecure: bool) -> Result<ImageIn
             let sif = crate::cache::sif_for(&src, image, &opts)?;
             image::open(&sif.to_string_lossy())
         }
-        None => image::open(image),
+        None => {
+            if let Some(a) = arch {
+                bail!("--arch {a}: only for an image source (docker://, oci:, ...), not {image}");
+            }
+            image::open(image)
+        }
     }
 }
 
@@ -352,52 +357,52 @@ pub fn inspect(image: &str, as_json: bool, arch: Option<&str>, insecure: bool) -
         "run": run,
     });
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        say!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    println!("image:      {}", img.path.display());
+    say!("image:      {}", img.path.display());
     match (offset, size) {
         (Some(o), Some(s)) => {
-            println!("format:     sif (squashfs partition at offset {o}, {s} bytes)")
+            say!("format:     sif (squashfs partition at offset {o}, {s} bytes)")
         }
-        _ => println!("format:     {}", img.kind_name()),
+        _ => say!("format:     {}", img.kind_name()),
     }
     for (k, v) in [("source", &source), ("digest", &digest), ("arch", &arch)] {
         if let Some(v) = v {
-            println!("{:<12}{v}", format!("{k}:"));
+            say!("{:<12}{v}", format!("{k}:"));
         }
     }
     for e in &c.env {
-        println!("env:        {e}");
+        say!("env:        {e}");
     }
     let list = |l: &Option<Vec<String>>| {
         l.as_ref().map(|v| format!("{v:?}")).unwrap_or_else(|| "-".into())
     };
-    println!("entrypoint: {}", list(&c.entrypoint));
-    println!("cmd:        {}", list(&c.cmd));
+    say!("entrypoint: {}", list(&c.entrypoint));
+    say!("cmd:        {}", list(&c.cmd));
     if let Some(u) = &c.user {
-        println!("user:       {u} (not applied: husk runs as the caller)");
+        say!("user:       {u} (not applied: husk runs as the caller)");
     }
     if let Some(w) = &c.working_dir {
-        println!("workdir:    {w}");
+        say!("workdir:    {w}");
     }
     if let Some(l) = img.labels().and_then(|l| l.as_object()) {
         for (k, v) in l {
-            println!(
+            say!(
                 "label:      {k}={}",
                 v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())
             );
         }
     }
     if img.may_have_runscript() {
-        println!("run:        /.singularity.d/runscript (after sourcing /.singularity.d/env/*.sh), else /bin/sh");
+        say!("run:        /.singularity.d/runscript (after sourcing /.singularity.d/env/*.sh), else /bin/sh");
     } else {
-        println!("run:        {run:?}");
+        say!("run:        {run:?}");
     }
     if let Some(r) = img.runscript() {
-        println!("runscript:");
+        say!("runscript:");
         for l in r.lines() {
-            println!("    {l}");
+            say!("    {l}");
         }
     }
     Ok(())

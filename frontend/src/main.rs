@@ -4,6 +4,12 @@
 
 #![deny(unsafe_code)]
 
+/// `println!` that ends husk quietly when the reader has gone away
+/// (`husk inspect IMG | head -1`) instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => { $crate::say_line(format_args!($($arg)*)) };
+}
+
 mod cache;
 mod convert;
 mod env;
@@ -13,6 +19,7 @@ mod layers;
 mod oci;
 mod progress;
 mod registry;
+mod scratch;
 mod sif;
 // A complete writer; the converter does not use every call of its API.
 #[allow(dead_code)]
@@ -218,11 +225,28 @@ impl BuildOpts {
         let src = oci::Source::parse(source)?.ok_or_else(|| {
             anyhow::anyhow!("source {source}: not docker://, oci:, oci-archive: or docker-archive:")
         })?;
+        if dest.is_dir() {
+            anyhow::bail!("{}: is a directory; name the SIF file to write", dest.display());
+        }
         if dest.exists() && !self.force {
             anyhow::bail!("{} exists (use --force to replace it)", dest.display());
         }
+        // Before any download or conversion: can the SIF be written there?
+        let probe = scratch::Scratch::new(temp_beside(dest));
+        std::fs::OpenOptions::new().write(true).create_new(true).open(probe.path()).map_err(
+            |e| anyhow::anyhow!("{}: cannot write there: {}", dest.display(), describe(&e)),
+        )?;
         Ok(src.insecure(self.insecure))
     }
+}
+
+/// The name a SIF is written under before it is renamed to `dest`.
+pub fn temp_beside(dest: &std::path::Path) -> std::path::PathBuf {
+    dest.with_file_name(format!(
+        ".{}.husk-tmp-{}",
+        dest.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+        std::process::id()
+    ))
 }
 
 /// `name_tag.sif` from a source reference.
@@ -247,13 +271,11 @@ fn pull(opts: &BuildOpts, args: &[String]) -> Result<()> {
     };
     let src = opts.source(source, &dest)?;
     let cached = cache::sif_for(&src, source, &opts.convert_options())?;
-    let tmp = dest.with_file_name(format!(
-        ".{}.husk-tmp-{}",
-        dest.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
-        std::process::id()
-    ));
-    std::fs::copy(&cached, &tmp).with_context(|| format!("write {}", tmp.display()))?;
+    let tmp = temp_beside(&dest);
+    let guard = scratch::Scratch::new(tmp.clone());
+    std::fs::copy(&cached, &tmp).with_context(|| format!("write {}", dest.display()))?;
     std::fs::rename(&tmp, &dest).with_context(|| format!("write {}", dest.display()))?;
+    guard.keep();
     eprintln!("husk: wrote {}", dest.display());
     Ok(())
 }
@@ -267,12 +289,19 @@ fn build(opts: &BuildOpts, dest: &std::path::Path, source: &str) -> Result<()> {
 
 /// Split `IMAGE [--] ARGS...`: everything after the image belongs to the
 /// container, except one `--` right after it.
-fn image_and_args(mut rest: Vec<String>) -> (String, Vec<String>) {
+/// IMAGE and what follows it. An option clap did not know lands here as
+/// IMAGE: say so rather than look for an image of that name.
+fn image_and_args(cmd: &str, mut rest: Vec<String>) -> Result<(String, Vec<String>)> {
     let image = rest.remove(0);
+    if image.starts_with('-') && image.len() > 1 {
+        anyhow::bail!(
+            "{cmd}: unknown option {image} (husk's options go before IMAGE; see husk {cmd} --help)"
+        );
+    }
     if rest.first().is_some_and(|a| a == "--") {
         rest.remove(0);
     }
-    (image, rest)
+    Ok((image, rest))
 }
 
 /// A lower-case reason without Rust's "(os error N)" suffix.
@@ -293,6 +322,11 @@ fn real_main() -> Result<ExitCode> {
             e.print()?;
             return Ok(ExitCode::SUCCESS);
         }
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            // `husk` or `husk registry` alone: the help, on stderr.
+            e.print()?;
+            return Ok(ExitCode::from(255));
+        }
         Err(e) => {
             // clap's message, up to the usage, on one line.
             let text = e.render().to_string();
@@ -310,14 +344,14 @@ fn real_main() -> Result<ExitCode> {
     progress::set_quiet(cli.quiet);
     match cli.cmd {
         Command::Exec { opts, rest } => {
-            let (image, command) = image_and_args(rest);
+            let (image, command) = image_and_args("exec", rest)?;
             if command.is_empty() {
-                anyhow::bail!("exec: no COMMAND given after the image {image}");
+                anyhow::bail!("exec: no COMMAND after IMAGE ('{image}' was taken as the image)");
             }
             launch::exec(&opts, &image, launch::Action::Exec(command))
         }
         Command::Run { opts, rest } => {
-            let (image, args) = image_and_args(rest);
+            let (image, args) = image_and_args("run", rest)?;
             launch::exec(&opts, &image, launch::Action::Run(args))
         }
         Command::Shell { opts, image } => launch::exec(&opts, &image, launch::Action::Shell),
@@ -339,9 +373,21 @@ fn real_main() -> Result<ExitCode> {
             build(&opts, &dest, &source).map(|_| ExitCode::SUCCESS)
         }
         Command::Version => {
-            println!("husk version {}", env!("CARGO_PKG_VERSION"));
+            say!("husk version {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+pub fn say_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|_| out.write_all(b"\n")) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("husk: write to standard output: {e}");
+        std::process::exit(255);
     }
 }
 

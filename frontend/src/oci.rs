@@ -236,6 +236,8 @@ pub struct Platform {
     pub os: String,
     pub arch: String,
     pub variant: Option<String>,
+    /// Named with `--arch`: an image for another architecture is an error.
+    pub explicit: bool,
 }
 
 impl Platform {
@@ -254,7 +256,22 @@ impl Platform {
             os: "linux".into(),
             arch: arch.to_string(),
             variant: variant.map(str::to_string),
+            explicit: arch_override.is_some(),
         }
+    }
+
+    /// With `--arch`, refuse an image (`what`) built for another
+    /// architecture, as a single-architecture image has no index to pick from.
+    pub fn check(&self, what: &str, arch: &str, variant: Option<&str>) -> Result<()> {
+        let other_variant = matches!((&self.variant, variant), (Some(w), Some(h)) if w != h);
+        if self.explicit && (arch != self.arch || other_variant) {
+            let have = variant.map_or(arch.to_string(), |v| format!("{arch}/{v}"));
+            bail!(
+                "--arch {}: {what} is for {have} only",
+                self.describe().trim_start_matches("linux/")
+            );
+        }
+        Ok(())
     }
 
     fn matches(&self, p: &Value) -> bool {

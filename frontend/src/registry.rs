@@ -698,14 +698,14 @@ impl Client {
             return Ok(());
         }
         // Never a blob's name (64 hex digits): a left-over is never trusted.
-        let tmp = dir.join(format!("{hex}.{}.tmp", std::process::id()));
-        let done = self.download(desc, &tmp).and_then(|_| {
-            fs::rename(&tmp, &dest).with_context(|| format!("rename to {}", dest.display()))
-        });
-        if done.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        done.with_context(what)
+        let tmp =
+            crate::scratch::Scratch::new(dir.join(format!("{hex}.{}.tmp", std::process::id())));
+        self.download(desc, tmp.path()).with_context(what)?;
+        fs::rename(tmp.path(), &dest)
+            .with_context(|| format!("rename to {}", dest.display()))
+            .with_context(what)?;
+        tmp.keep();
+        Ok(())
     }
 
     fn download(&mut self, desc: &Descriptor, tmp: &Path) -> Result<()> {

@@ -135,3 +135,82 @@ pub fn exec(path: &CStr, argv: &[CString]) -> io::Error {
     unsafe { libc::execve(path.as_ptr(), a.as_ptr(), envp.as_ptr()) };
     io::Error::last_os_error()
 }
+
+// ---- interruption ------------------------------------------------------------
+
+/// Where the signal handler writes the number of the signal it caught.
+static SIGNAL_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+extern "C" fn forward_signal(sig: libc::c_int) {
+    let fd = SIGNAL_PIPE.load(std::sync::atomic::Ordering::Relaxed);
+    let b = sig as u8;
+    // SAFETY: write(2) is async-signal-safe; `b` lives for the call.
+    unsafe { libc::write(fd, (&b as *const u8).cast(), 1) };
+}
+
+/// Move `fd` to a number of 10 or more (close-on-exec), out of the way of
+/// the low numbers the request hand-over uses.
+fn high_fd(fd: OwnedFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC takes an integer lower bound.
+    let n = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fcntl just made this fd; we are its only owner.
+    Ok(unsafe { OwnedFd::from_raw_fd(n) })
+}
+
+/// Catch `sigs` (those not ignored, as under nohup) by writing each one's
+/// number to a pipe, whose read end is returned.
+pub fn catch_signals(sigs: &[libc::c_int]) -> io::Result<OwnedFd> {
+    let (r, w) = pipe()?;
+    let (r, w) = (high_fd(r)?, high_fd(w)?);
+    use std::os::fd::IntoRawFd;
+    SIGNAL_PIPE.store(w.into_raw_fd(), std::sync::atomic::Ordering::Relaxed);
+    for &sig in sigs {
+        // SAFETY: all-zero is a valid sigaction (no handler, empty mask).
+        let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: a null new action only reads the current one into `old`.
+        if unsafe { libc::sigaction(sig, null(), &mut old) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if old.sa_sigaction == libc::SIG_IGN {
+            continue;
+        }
+        // SAFETY: as above.
+        let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+        sa.sa_sigaction = forward_signal as *const () as usize;
+        sa.sa_flags = libc::SA_RESTART;
+        // SAFETY: sa is a valid action whose handler only calls write(2).
+        if unsafe { libc::sigaction(sig, &sa, std::ptr::null_mut()) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(r)
+}
+
+/// Block until a caught signal arrives on `rx`; its number.
+pub fn next_signal(rx: &OwnedFd) -> libc::c_int {
+    let mut b = 0u8;
+    loop {
+        // SAFETY: b is valid for one byte of writes.
+        let n = unsafe { libc::read(rx.as_raw_fd(), (&mut b as *mut u8).cast(), 1) };
+        if n == 1 {
+            return b.into();
+        }
+        if n == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            // The write end is never closed; should it be, end as if interrupted.
+            return libc::SIGTERM;
+        }
+    }
+}
+
+/// End the process the way `sig` would have ended it uncaught.
+pub fn die_of(sig: libc::c_int) -> ! {
+    // SAFETY: resetting a disposition to the default and signalling ourselves.
+    unsafe {
+        libc::signal(sig, libc::SIG_DFL);
+        libc::kill(libc::getpid(), sig);
+    }
+    std::process::exit(128 + sig)
+}
