@@ -384,7 +384,7 @@ pub fn inspect(image: &str, as_json: bool, arch: Option<&str>, insecure: bool) -
         say!("user:       {u} (not applied: husk runs as the caller)");
     }
     if let Some(w) = &c.working_dir {
-        say!("workdir:    {w}");
+        say!("workdir:    {w} (not applied: husk starts in your current directory)");
     }
     if let Some(l) = img.labels().and_then(|l| l.as_object()) {
         for (k, v) in l {

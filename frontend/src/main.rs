@@ -259,7 +259,12 @@ fn default_name(source: &str) -> String {
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
         .collect();
-    let name = name.trim_end_matches(".tar").trim_start_matches('.').to_string();
+    let mut name = name.trim_end_matches(".tar").trim_start_matches('.').to_string();
+    // As Apptainer names them: docker://alpine gives alpine_latest.sif.
+    let last = rest.rsplit('/').next().unwrap_or(rest);
+    if source.starts_with("docker://") && !last.contains([':', '@']) && !name.is_empty() {
+        name.push_str("_latest");
+    }
     format!("{}.sif", if name.is_empty() { "image".to_string() } else { name })
 }
 
@@ -396,9 +401,31 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             // One line: the chain joined, outermost first.
-            let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            // System errors in husk's words: "no such file or directory",
+            // without Rust's "(os error 2)".
+            let msg: Vec<String> = e
+                .chain()
+                .map(|c| match c.downcast_ref::<std::io::Error>() {
+                    Some(io) => describe(io),
+                    None => c.to_string(),
+                })
+                .collect();
             eprintln!("husk: {}", msg.join(": "));
             ExitCode::from(255)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_name;
+
+    #[test]
+    fn pull_names_files_as_apptainer_does() {
+        assert_eq!(default_name("docker://alpine"), "alpine_latest.sif");
+        assert_eq!(default_name("docker://alpine:3.20"), "alpine_3.20.sif");
+        assert_eq!(default_name("docker://127.0.0.1:5000/lab/tool"), "tool_latest.sif");
+        assert_eq!(default_name("docker://lab/tool@sha256:ab12"), "tool.sif");
+        assert_eq!(default_name("oci-archive:/x/tool.tar"), "tool.sif");
     }
 }

@@ -142,8 +142,9 @@ impl Blobs {
         let mut ar = tar::Archive::new(f);
         let mut members = HashMap::new();
         let mut links = Vec::new();
-        for e in ar.entries_with_seek().with_context(|| format!("read {}", file.display()))? {
-            let e = e.with_context(|| format!("read {}", file.display()))?;
+        let bad = || format!("{}: not a tar archive, or a damaged one", file.display());
+        for e in ar.entries_with_seek().with_context(bad)? {
+            let e = e.with_context(bad)?;
             let name = clean(&String::from_utf8_lossy(&e.path_bytes()));
             match e.header().entry_type() {
                 tar::EntryType::Regular | tar::EntryType::Continuous => {

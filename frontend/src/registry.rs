@@ -566,7 +566,13 @@ impl Client {
                 self.authenticate(&resp)?;
                 continue;
             }
-            bail!("{}", self.failure(resp))
+            let missing = status == 404 && path.contains("/manifests/");
+            let why = self.failure(resp);
+            if missing {
+                // Registries say the same for a repository they do not have.
+                bail!("{why}: {} has no such repository or tag", self.registry);
+            }
+            bail!("{why}")
         }
     }
 
@@ -1090,7 +1096,10 @@ mod tests {
             }
         });
         let mut c = client(port, anonymous());
-        assert_eq!(format!("{:#}", c.manifest("1").unwrap_err()), "manifest unknown (404)");
+        assert_eq!(
+            format!("{:#}", c.manifest("1").unwrap_err()),
+            format!("manifest unknown (404): 127.0.0.1:{port} has no such repository or tag")
+        );
         let dir = scratch("missing");
         let err = c.fetch_blob(&blob(b"x"), &dir).unwrap_err();
         assert_eq!(format!("{err:#}"), format!("blob {}: 404 Not Found", blob(b"x").digest));
