@@ -177,9 +177,36 @@ fn cwd_bind(cwd: &[u8], home: Option<&[u8]>, tmp: bool, binds: &[Bind]) -> bool 
     !visible && std::fs::read_dir(OsStr::from_bytes(cwd)).is_ok()
 }
 
+/// The home bind: the caller's home at the same path, or `-H SRC[:DST]`,
+/// or none with `--no-home`.
+fn home_bind(opts: &RunOpts, home: Vec<u8>) -> Result<Option<Bind>> {
+    match (&opts.home, opts.no_home) {
+        (Some(_), true) => bail!("--home and --no-home: choose one"),
+        (None, true) => Ok(None),
+        (Some(spec), false) => {
+            let (src, dst) = spec.split_once(':').unwrap_or((spec, spec));
+            let src = host_source("--home", src)?;
+            let dst = container_path("--home", dst)?;
+            if dst == b"/" || dst.iter().any(|&b| b == b':' || b == b'\n') {
+                bail!("--home {spec}: not a usable home directory inside the container");
+            }
+            Ok(Some(Bind { src: src.as_os_str().as_bytes().to_vec(), dst, readonly: false }))
+        }
+        (None, false) => {
+            husk_protocol::check_path("home", &home).map_err(|_| {
+                anyhow!("home directory {} is not an absolute path", String::from_utf8_lossy(&home))
+            })?;
+            Ok(Some(Bind { src: home.clone(), dst: home, readonly: false }))
+        }
+    }
+}
+
 pub fn build_request(opts: &RunOpts, img: &ImageInfo, action: Action) -> Result<Request> {
     let (uid, gid) = sys::ids();
     let (ident, home) = identity(uid, gid)?;
+    let home_bind = home_bind(opts, home.clone())?;
+    // $HOME inside: the home's path there (with --no-home, the host's).
+    let home = home_bind.as_ref().map_or(home, |b| b.dst.clone());
     let host: Vec<(Vec<u8>, Vec<u8>)> =
         std::env::vars_os().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect();
     let path = img.path_bytes();
@@ -215,14 +242,6 @@ pub fn build_request(opts: &RunOpts, img: &ImageInfo, action: Action) -> Result<
         None => None,
     };
     let mut binds = parse_binds(&opts.bind)?;
-    let home_bind = if opts.no_home {
-        None
-    } else {
-        husk_protocol::check_path("home", &home).map_err(|_| {
-            anyhow!("home directory {} is not an absolute path", String::from_utf8_lossy(&home))
-        })?;
-        Some(Bind { src: home.clone(), dst: home.clone(), readonly: false })
-    };
     let (cwd, cwd_required) = match &opts.pwd {
         Some(p) => (container_path("--pwd", p)?, true),
         None => {

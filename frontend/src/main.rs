@@ -59,6 +59,9 @@ pub struct RunOpts {
     /// Do not bind the home directory
     #[arg(long, env = "HUSK_NO_HOME", value_parser = BoolishValueParser::new())]
     pub no_home: bool,
+    /// Use SRC as the home directory, at DST inside (default: SRC)
+    #[arg(short = 'H', long, value_name = "SRC[:DST]", env = "HUSK_HOME")]
+    pub home: Option<String>,
     /// Leave out the host's environment (TERM and proxy variables pass; LANG=C)
     #[arg(short = 'e', long, env = "HUSK_CLEANENV", value_parser = BoolishValueParser::new())]
     pub cleanenv: bool,

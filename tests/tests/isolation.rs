@@ -159,3 +159,41 @@ fn writable_tmpfs_takes_writes_that_vanish_at_exit() {
     let size: u64 = r.stdout.split_whitespace().nth(4).and_then(|s| s.parse().ok()).unwrap_or(0);
     assert!(size > 0 && size <= 64 << 20, "wrote {size} bytes: {}", r.stdout);
 }
+
+#[test]
+fn home_option_binds_another_home() {
+    let Some(img) = fixture() else { return };
+    let e = env().unwrap();
+    let alt = e.work.join("alt-home");
+    sh(&format!("rm -rf {0} && mkdir -p {0} && chown {1}: {0}", alt.display(), e.user));
+    let spec = format!("{}:/home/box", alt.display());
+    let script = "echo $HOME; grep \"^$(id -un):\" /etc/passwd | cut -d: -f6; \
+                  touch ~/made-inside; ls /home";
+    for how in ["-H", "--home", "variable"] {
+        let mut args = vec!["exec"];
+        if how != "variable" {
+            args.extend_from_slice(&[how, &spec]);
+        }
+        args.extend_from_slice(&[&img, "sh", "-c", script]);
+        // From /, so that no current directory is bound under /home.
+        let mut c = husk(&args).cwd(std::path::Path::new("/"));
+        if how == "variable" {
+            c = c.env("HUSK_HOME", &spec);
+        }
+        let r = c.run();
+        assert_eq!(r.code, 0, "{how}: {}", r.stderr);
+        // $HOME, the passwd entry and the directory all say /home/box; the
+        // caller's own home is not there.
+        assert_eq!(r.stdout, "/home/box\n/home/box\nbox\n", "{how}");
+        assert!(alt.join("made-inside").exists(), "{how}: the write did not reach the host");
+        std::fs::remove_file(alt.join("made-inside")).unwrap();
+    }
+    // SRC alone: the same path inside.
+    let alt_s = alt.to_string_lossy().into_owned();
+    let r = husk(&["exec", "-H", &alt_s, &img, "sh", "-c", "echo $HOME"]).run();
+    assert_eq!(r.stdout.trim(), alt_s, "{}", r.stderr);
+    let r = husk(&["exec", "-H", "/root", &img, "true"]).run();
+    assert_one_line_error(&r, "--home /root");
+    let r = husk(&["exec", "-H", &alt_s, "--no-home", &img, "true"]).run();
+    assert_one_line_error(&r, "--no-home");
+}
