@@ -26,8 +26,31 @@ pub struct Config {
     pub allow_ipc_ns: bool,
     pub allow_net_ns: bool,
     pub allow_uts_ns: bool,
+    /// Image formats users may run: SIF, bare squashfs, directory.
+    pub formats: Formats,
+    /// When not empty: images must lie under one of these directories
+    /// (whole components), be owned by one of these uids, or belong to one
+    /// of these gids.
+    pub limit_paths: Vec<Vec<u8>>,
+    pub limit_owners: Vec<u32>,
+    pub limit_groups: Vec<u32>,
+    /// The host's /proc, /sys and /dev in the container.
+    pub mount_proc: bool,
+    pub mount_sys: bool,
+    pub mount_dev: bool,
+    /// May users bind host paths of their own (`-B`)?
+    pub user_bind_control: bool,
+    /// Loop devices numbered from this up are never used.
+    pub max_loop_devices: u32,
     /// Site-wide binds: (host source, container destination).
     pub bind_paths: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Formats {
+    pub sif: bool,
+    pub squashfs: bool,
+    pub dir: bool,
 }
 
 impl Default for Config {
@@ -40,6 +63,15 @@ impl Default for Config {
             allow_ipc_ns: true,
             allow_net_ns: true,
             allow_uts_ns: true,
+            formats: Formats { sif: true, squashfs: true, dir: true },
+            limit_paths: Vec::new(),
+            limit_owners: Vec::new(),
+            limit_groups: Vec::new(),
+            mount_proc: true,
+            mount_sys: true,
+            mount_dev: true,
+            user_bind_control: true,
+            max_loop_devices: 256,
             bind_paths: Vec::new(),
         }
     }
@@ -135,12 +167,76 @@ pub fn parse(text: &str) -> std::result::Result<Config, String> {
             "allow ipc namespace" => yes_no(value).map(|v| c.allow_ipc_ns = v),
             "allow net namespace" => yes_no(value).map(|v| c.allow_net_ns = v),
             "allow uts namespace" => yes_no(value).map(|v| c.allow_uts_ns = v),
+            "allowed image formats" => parse_formats(value).map(|f| c.formats = f),
+            "limit container paths" => {
+                parse_list(value, parse_dir).map(|v| c.limit_paths.extend(v))
+            }
+            "limit container owners" => {
+                parse_list(value, parse_id).map(|v| c.limit_owners.extend(v))
+            }
+            "limit container groups" => {
+                parse_list(value, parse_id).map(|v| c.limit_groups.extend(v))
+            }
+            "mount proc" => yes_no(value).map(|v| c.mount_proc = v),
+            "mount sys" => yes_no(value).map(|v| c.mount_sys = v),
+            "mount dev" => yes_no(value).map(|v| c.mount_dev = v),
+            "user bind control" => yes_no(value).map(|v| c.user_bind_control = v),
+            "max loop devices" => value
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=1 << 20).contains(n))
+                .map(|n| c.max_loop_devices = n)
+                .ok_or_else(|| format!("'{value}' is not a number from 1 to 1048576")),
             "bind path" => parse_bind(value).map(|b| c.bind_paths.push(b)),
             _ => Err(format!("unknown directive '{key}'")),
         };
         r.map_err(|e| format!("line {n}: {e}"))?;
     }
     Ok(c)
+}
+
+/// A comma- or space-separated list, each item parsed by `one`.
+fn parse_list<T>(
+    v: &str,
+    one: fn(&str) -> std::result::Result<T, String>,
+) -> std::result::Result<Vec<T>, String> {
+    let items: Vec<&str> = v.split([',', ' ', '\t']).filter(|i| !i.is_empty()).collect();
+    if items.is_empty() {
+        return Err("empty list".into());
+    }
+    items.into_iter().map(one).collect()
+}
+
+fn parse_dir(p: &str) -> std::result::Result<Vec<u8>, String> {
+    husk_protocol::check_path("path", p.as_bytes())
+        .map_err(|_| format!("'{p}' is not an absolute normal path"))?;
+    Ok(p.as_bytes().to_vec())
+}
+
+/// A numeric uid or gid: the starter resolves no names (it reads no
+/// passwd or group file).
+fn parse_id(v: &str) -> std::result::Result<u32, String> {
+    v.parse().map_err(|_| format!("'{v}' is not a numeric uid or gid"))
+}
+
+fn parse_formats(v: &str) -> std::result::Result<Formats, String> {
+    let mut f = Formats { sif: false, squashfs: false, dir: false };
+    for w in parse_list(v, |w| Ok(w.to_string()))? {
+        match w.as_str() {
+            "sif" => f.sif = true,
+            "squashfs" => f.squashfs = true,
+            "dir" => f.dir = true,
+            _ => return Err(format!("'{w}' is not sif, squashfs or dir")),
+        }
+    }
+    Ok(f)
+}
+
+/// Is `path` the directory `limit` or inside it (whole components)?
+pub fn is_beneath(path: &[u8], limit: &[u8]) -> bool {
+    limit == b"/"
+        || path == limit
+        || (path.starts_with(limit) && path.get(limit.len()) == Some(&b'/'))
 }
 
 fn parse_bind(v: &str) -> std::result::Result<(Vec<u8>, Vec<u8>), String> {
@@ -178,6 +274,44 @@ mod tests {
             ]
         );
         assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn limits_formats_and_mounts() {
+        let c = parse(
+            "allowed image formats = sif, dir\nlimit container paths = /scratch, /opt/img\n\
+             limit container paths = /data\nlimit container owners = 0 1000\n\
+             limit container groups = 100\nmount proc = no\nmount sys = no\nmount dev = no\n\
+             user bind control = no\nmax loop devices = 8\n",
+        )
+        .unwrap();
+        assert_eq!(c.formats, Formats { sif: true, squashfs: false, dir: true });
+        assert_eq!(
+            c.limit_paths,
+            vec![b"/scratch".to_vec(), b"/opt/img".to_vec(), b"/data".to_vec()]
+        );
+        assert_eq!((c.limit_owners, c.limit_groups), (vec![0, 1000], vec![100]));
+        assert!(!c.mount_proc && !c.mount_sys && !c.mount_dev && !c.user_bind_control);
+        assert_eq!(c.max_loop_devices, 8);
+        for bad in [
+            "allowed image formats = sif, ext3",
+            "limit container paths = scratch",
+            "limit container owners = alice",
+            "max loop devices = 0",
+            "max loop devices = many",
+            "limit container paths =",
+        ] {
+            assert!(parse(bad).unwrap_err().starts_with("line 1:"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn path_limits_compare_whole_components() {
+        assert!(is_beneath(b"/scratch/a.sif", b"/scratch"));
+        assert!(is_beneath(b"/scratch", b"/scratch"));
+        assert!(!is_beneath(b"/scratch2/a.sif", b"/scratch"));
+        assert!(!is_beneath(b"/scratc", b"/scratch"));
+        assert!(is_beneath(b"/anything", b"/"));
     }
 
     #[test]

@@ -57,6 +57,25 @@ fn check_policy(
             config::CONFIG_PATH
         )));
     }
+    let deny = |what: String, directive: &str| {
+        Err(Error::new(format!("{what}: not allowed by '{directive}' in {}", config::CONFIG_PATH)))
+    };
+    let f = conf.formats;
+    let (allowed, name) = match req.image.kind {
+        husk_protocol::ImageKind::Sif { .. } => (f.sif, "sif"),
+        husk_protocol::ImageKind::Squashfs => (f.squashfs, "squashfs"),
+        husk_protocol::ImageKind::Dir => (f.dir, "dir"),
+    };
+    if !allowed {
+        let image = error::show(&req.image.path);
+        return deny(format!("image {image}: format {name}"), "allowed image formats");
+    }
+    // The current directory's bind (same path, the start directory) is
+    // husk's own, not the user's.
+    let cwd_bind = |b: &husk_protocol::Bind| b.src == b.dst && b.dst == req.cwd;
+    if let Some(b) = req.binds.iter().find(|b| !cwd_bind(b)).filter(|_| !conf.user_bind_control) {
+        return deny(format!("--bind {}", error::show(&b.src)), "user bind control");
+    }
     let ns = &req.namespaces;
     if ns.pid {
         return Err(Error::new("--pid: not supported by this starter yet"));

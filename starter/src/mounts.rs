@@ -55,12 +55,17 @@ const PROC_SYS: u64 = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV | sys::MOUN
 /// host's /sys when the container has its own network namespace: sysfs
 /// shows the network of whoever mounted it.
 fn detach_all(objs: &Objects, own_net: bool) -> Result<Vec<Detached>> {
-    let mut v = vec![detach(objs.proc_.as_fd(), b"/proc", true, true, PROC_SYS)?];
-    if !own_net {
-        v.push(detach(objs.sys_.as_fd(), b"/sys", true, true, PROC_SYS)?);
+    let mut v = Vec::new();
+    if let Some(p) = &objs.proc_ {
+        v.push(detach(p.as_fd(), b"/proc", true, true, PROC_SYS)?);
+    }
+    if let Some(s) = objs.sys_.as_ref().filter(|_| !own_net) {
+        v.push(detach(s.as_fd(), b"/sys", true, true, PROC_SYS)?);
     }
     // Devices must work under /dev; setuid files must not.
-    v.push(detach(objs.dev.as_fd(), b"/dev", true, true, sys::MOUNT_ATTR_NOSUID)?);
+    if let Some(d) = &objs.dev {
+        v.push(detach(d.as_fd(), b"/dev", true, true, sys::MOUNT_ATTR_NOSUID)?);
+    }
     let sources = objs
         .etc_files
         .iter()
@@ -111,12 +116,15 @@ pub fn build(req: &Request, caller: &Caller, objs: Objects, conf: &Config) -> Re
     }
     if ns.net {
         sys::loopback_up().ctx(|| "bring up lo in the new network namespace".into())?;
+    }
+    if ns.net && objs.sys_.is_some() {
         let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
         sys::mount(Some(c"sysfs"), SYSFS, Some(c"sysfs"), flags, None)
             .ctx(|| "mount sysfs for the new network namespace".into())?;
         let fresh =
             sys::open(SYSFS, libc::O_PATH | libc::O_DIRECTORY).ctx(|| "open sysfs".into())?;
-        binds.insert(1, detach(fresh.as_fd(), b"/sys", true, false, PROC_SYS)?);
+        let at = usize::from(objs.proc_.is_some());
+        binds.insert(at, detach(fresh.as_fd(), b"/sys", true, false, PROC_SYS)?);
     }
     match image_tree {
         Some((t, probe)) => {
@@ -125,7 +133,7 @@ pub fn build(req: &Request, caller: &Caller, objs: Objects, conf: &Config) -> Re
                 sys::open(LOWER, libc::O_PATH | libc::O_DIRECTORY).ctx(|| "open lower".into())?;
             sys::move_mount_to(t.as_fd(), lower.as_fd()).ctx(|| "mount image directory".into())?;
         }
-        None => attach_squashfs(&objs.image, conf.shared_loop_devices)?,
+        None => attach_squashfs(&objs.image, conf)?,
     }
     sys::mount(
         Some(c"overlay"),
@@ -209,11 +217,11 @@ fn stage() -> Result<()> {
 }
 
 /// Mount a squashfs image through a loop device, read-only, nosuid, nodev, at `LOWER`.
-fn attach_squashfs(img: &Image, share: bool) -> Result<()> {
+fn attach_squashfs(img: &Image, conf: &Config) -> Result<()> {
     let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
-    let (_loop_fd, dev) = match share.then(|| shared_loop(img)).flatten() {
+    let (_loop_fd, dev) = match conf.shared_loop_devices.then(|| shared_loop(img)).flatten() {
         Some(found) => found,
-        None => attach_loop(img)?,
+        None => attach_loop(img, conf.max_loop_devices)?,
     };
     sys::mount(Some(&dev), LOWER, Some(c"squashfs"), flags, None)
         .ctx(|| "mount squashfs image".into())
@@ -255,7 +263,7 @@ fn shared_loop(img: &Image) -> Option<(OwnedFd, CString)> {
 /// it gives up.
 const LOOP_CANDIDATES: u32 = 128;
 
-fn attach_loop(img: &Image) -> Result<(OwnedFd, CString)> {
+fn attach_loop(img: &Image, max: u32) -> Result<(OwnedFd, CString)> {
     let control =
         sys::open(c"/dev/loop-control", libc::O_RDWR).ctx(|| "open /dev/loop-control".into())?;
     // The kernel names the lowest free device, to every concurrent start
@@ -263,7 +271,8 @@ fn attach_loop(img: &Image) -> Result<(OwnedFd, CString)> {
     // else: on EBUSY walk upwards rather than ask again for the same one.
     let first = sys::loop_get_free(control.as_fd()).ctx(|| "find a free loop device".into())?;
     let mut last = None;
-    for n in first..first.saturating_add(LOOP_CANDIDATES) {
+    let end = first.saturating_add(LOOP_CANDIDATES).min(max);
+    for n in first..end {
         let dev = CString::new(format!("/dev/loop{n}")).map_err(|_| Error::new("loop path"))?;
         let what = || format!("open {}", dev.to_string_lossy());
         let fd = match sys::open(&dev, libc::O_RDONLY) {
@@ -278,6 +287,12 @@ fn attach_loop(img: &Image) -> Result<(OwnedFd, CString)> {
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) => last = Some(e),
             Err(e) => return Err(Error::io("configure loop device", e)),
         }
+    }
+    if end == max {
+        return Err(Error::new(format!(
+            "no free loop device below {max}, the 'max loop devices' in {}",
+            crate::config::CONFIG_PATH
+        )));
     }
     Err(Error::io("configure loop device", last.unwrap_or_else(|| std::io::Error::other("busy"))))
 }

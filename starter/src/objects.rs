@@ -1,14 +1,14 @@
 //! Phase 4: open every object the request names, as the caller, and keep the
 //! fds. From here on the starter uses these fds, never the names again.
 
-use crate::config::Config;
+use crate::config::{self, Config};
 use crate::entry::{as_caller, Caller};
 use crate::error::{show, Context, Error, Result};
 use crate::sys;
 use husk_protocol::{Bind, ImageKind, Request};
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 pub struct Image {
     pub fd: OwnedFd,
@@ -28,10 +28,11 @@ pub struct Source {
 
 pub struct Objects {
     pub image: Image,
-    /// Host /proc, /sys and /dev (recursive binds).
-    pub proc_: OwnedFd,
-    pub sys_: OwnedFd,
-    pub dev: OwnedFd,
+    /// Host /proc, /sys and /dev (recursive binds), unless the config
+    /// leaves them out.
+    pub proc_: Option<OwnedFd>,
+    pub sys_: Option<OwnedFd>,
+    pub dev: Option<OwnedFd>,
     /// Host files that give the container the host's network names and time.
     pub etc_files: Vec<Source>,
     pub home: Option<Source>,
@@ -59,7 +60,29 @@ fn open_failed(what: String, e: io::Error) -> Error {
     }
 }
 
-fn open_image(req: &Request) -> Result<Image> {
+/// The admin's limits on images, checked on the opened file: its owner, its
+/// group and where it really is (the kernel's path of the fd, so that no
+/// symlink or `..` in the request gets round a limit).
+fn check_limits(conf: &Config, fd: BorrowedFd<'_>, st: &sys::Stat, what: &str) -> Result<()> {
+    let deny = |directive: &str| {
+        Err(Error::new(format!("{what}: not allowed by '{directive}' in {}", config::CONFIG_PATH)))
+    };
+    if !conf.limit_owners.is_empty() && !conf.limit_owners.contains(&st.st_uid) {
+        return deny("limit container owners");
+    }
+    if !conf.limit_groups.is_empty() && !conf.limit_groups.contains(&st.st_gid) {
+        return deny("limit container groups");
+    }
+    if !conf.limit_paths.is_empty() {
+        let real = sys::fd_path(fd).ctx(|| what.to_string())?;
+        if !conf.limit_paths.iter().any(|l| config::is_beneath(&real, l)) {
+            return deny("limit container paths");
+        }
+    }
+    Ok(())
+}
+
+fn open_image(req: &Request, conf: &Config) -> Result<Image> {
     let path = cpath("image", &req.image.path)?;
     let what = || format!("image {}", show(&req.image.path));
     let dir = req.image.kind == ImageKind::Dir;
@@ -69,6 +92,7 @@ fn open_image(req: &Request) -> Result<Image> {
         | if dir { libc::O_DIRECTORY } else { 0 };
     let fd = sys::open_user_path(&path, flags).map_err(|e| open_failed(what(), e))?;
     let st = sys::fstat(fd.as_fd()).ctx(what)?;
+    check_limits(conf, fd.as_fd(), &st, &what())?;
     let (offset, size) = match req.image.kind {
         ImageKind::Dir => return Ok(Image { fd, kind: ImageKind::Dir, offset: 0, size: 0 }),
         ImageKind::Sif { offset, size } => (offset, size),
@@ -135,7 +159,7 @@ fn open_system_dir(path: &'static std::ffi::CStr) -> Result<OwnedFd> {
 
 pub fn open_all(req: &Request, conf: &Config, caller: &Caller) -> Result<Objects> {
     let (image, home, binds) = as_caller(caller, || {
-        let image = open_image(req)?;
+        let image = open_image(req, conf)?;
         let home = match &req.home {
             Some(h) if conf.mount_home => Some(open_bind_source("home", h)?),
             _ => None,
@@ -163,9 +187,9 @@ pub fn open_all(req: &Request, conf: &Config, caller: &Caller) -> Result<Objects
     }
     Ok(Objects {
         image,
-        proc_: open_system_dir(c"/proc")?,
-        sys_: open_system_dir(c"/sys")?,
-        dev: open_system_dir(c"/dev")?,
+        proc_: conf.mount_proc.then(|| open_system_dir(c"/proc")).transpose()?,
+        sys_: conf.mount_sys.then(|| open_system_dir(c"/sys")).transpose()?,
+        dev: conf.mount_dev.then(|| open_system_dir(c"/dev")).transpose()?,
         etc_files,
         home,
         tmp,

@@ -303,6 +303,23 @@ pub fn fchown(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// The kernel's path of the object open at `fd` (`/proc/self/fd/N`).
+pub fn fd_path(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
+    let link = CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: link is NUL-terminated; buf is valid for buf.len() bytes.
+    let n = unsafe { libc::readlink(link.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if n as usize >= buf.len() {
+        return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
 pub fn chdir(path: &CStr) -> io::Result<()> {
     // SAFETY: path is NUL-terminated.
     cvt(unsafe { libc::chdir(path.as_ptr()) })?;

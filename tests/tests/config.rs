@@ -179,3 +179,134 @@ fn namespace_directives_refuse_through_the_frontend_and_raw_requests() {
         assert_eq!((r.code, r.stdout.as_str()), (0, "ran\n"), "{directive}: {}", r.stderr);
     }
 }
+
+/// `husk exec IMAGE echo ran` and the same as a raw request must both be
+/// refused naming `directive`, and the payload must not run.
+fn refused_both_ways(args: &[&str], req: &husk_protocol::Request, directive: &str) {
+    let mut a = vec!["exec"];
+    a.extend_from_slice(args);
+    a.extend_from_slice(&["echo", "ran"]);
+    let r = husk(&a).cwd(std::path::Path::new("/")).run();
+    assert_one_line_error(&r, &format!("not allowed by '{directive}'"));
+    assert!(r.stdout.is_empty(), "{directive}: ran through the frontend");
+    let r = send(husk_protocol::encode(req).unwrap());
+    assert_one_line_error(&r, &format!("not allowed by '{directive}'"));
+    assert!(r.stdout.is_empty(), "{directive}: a forged request ran");
+}
+
+#[test]
+fn image_formats_owners_groups_and_paths_are_limited() {
+    let Some(e) = env() else { return };
+    let Some(sif) = image(Kind::Sif) else { return };
+    let sif_s = sif.to_string_lossy().into_owned();
+    let dir = image(Kind::Dir).unwrap().to_string_lossy().into_owned();
+    let req = valid_request(&["echo", "ran"]);
+    let _r = edit();
+
+    write_conf("allowed image formats = squashfs, dir\n");
+    refused_both_ways(&[&sif_s], &req, "allowed image formats");
+    assert_eq!(husk(&["exec", &dir, "true"]).run().code, 0, "a dir image is still allowed");
+
+    // Owned by root, group root: limits that name others refuse it.
+    write_conf("limit container owners = 4242\n");
+    refused_both_ways(&[&sif_s], &req, "limit container owners");
+    write_conf("limit container owners = 4242, 0\n");
+    assert_eq!(run_true().code, 0);
+    write_conf("limit container groups = 4242\n");
+    refused_both_ways(&[&sif_s], &req, "limit container groups");
+
+    // Paths compare whole components, on where the file really is.
+    let scratch = e.work.join("scratch");
+    let scratch2 = e.work.join("scratch2");
+    sh(&format!(
+        "rm -rf {a} {b} && mkdir -p {a} {b} && cp {s} {b}/img.sif && chmod -R a+rX {a} {b} && ln -s {b}/img.sif {a}/link.sif",
+        a = scratch.display(),
+        b = scratch2.display(),
+        s = sif.display()
+    ));
+    write_conf(&format!("limit container paths = {}\n", scratch.display()));
+    for img in [scratch2.join("img.sif"), scratch.join("link.sif")] {
+        let img_s = img.to_string_lossy().into_owned();
+        let mut forged = req.clone();
+        forged.image.path = img_s.as_bytes().to_vec();
+        refused_both_ways(&[&img_s], &forged, "limit container paths");
+    }
+    write_conf(&format!("limit container paths = {}\n", scratch2.display()));
+    let r = husk(&["exec", &scratch2.join("img.sif").to_string_lossy(), "true"]).run();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
+#[test]
+fn mount_directives_leave_out_proc_sys_and_dev() {
+    if env().is_none() {
+        return;
+    }
+    let Some(sif) = image(Kind::Sif) else { return };
+    let sif = sif.to_string_lossy().into_owned();
+    let _r = edit();
+    for (directive, dir) in [("mount proc", "/proc"), ("mount sys", "/sys"), ("mount dev", "/dev")]
+    {
+        let count = |conf: &str| {
+            write_conf(conf);
+            let r = husk(&["exec", &sif, "sh", "-c", &format!("ls {dir} | wc -l")]).run();
+            assert_eq!(r.code, 0, "{conf}: {}", r.stderr);
+            r.stdout.trim().parse::<u32>().unwrap()
+        };
+        assert!(
+            count(&format!("{directive} = yes\n")) > 0,
+            "{dir} is empty with {directive} = yes"
+        );
+        assert_eq!(
+            count(&format!("{directive} = no\n")),
+            0,
+            "{dir} is there with {directive} = no"
+        );
+    }
+}
+
+#[test]
+fn user_bind_control_no_refuses_user_binds_but_not_the_cwd() {
+    let Some(e) = env() else { return };
+    if image(Kind::Sif).is_none() {
+        return;
+    }
+    let sif = image(Kind::Sif).unwrap().to_string_lossy().into_owned();
+    let _r = edit();
+    write_conf("user bind control = no\n");
+    let bind = format!("{}:/mnt", e.home.display());
+    let mut req = valid_request(&["echo", "ran"]);
+    req.binds.push(husk_protocol::Bind {
+        src: e.home.to_string_lossy().as_bytes().to_vec(),
+        dst: b"/mnt".to_vec(),
+        readonly: false,
+    });
+    refused_both_ways(&["-B", &bind, &sif], &req, "user bind control");
+    // The current directory is still bound where it is.
+    let cwd = e.work.join("cwd-bind");
+    sh(&format!("mkdir -p {0} && chown {1}: {0}", cwd.display(), e.user));
+    let r = husk(&["exec", "--no-home", &sif, "pwd"]).cwd(&cwd).run();
+    assert_eq!((r.code, r.stdout.trim()), (0, cwd.to_str().unwrap()), "{}", r.stderr);
+}
+
+#[test]
+fn max_loop_devices_bounds_the_devices_a_start_may_use() {
+    if env().is_none() {
+        return;
+    }
+    let Some(sif) = image(Kind::Sif) else { return };
+    let sif = sif.to_string_lossy().into_owned();
+    let _r = edit();
+    // The first free device, claimed so that it stays the first free one
+    // and cannot be used: a limit just above it leaves nothing to use.
+    let dev = sh("losetup -f").trim().to_string();
+    let n: u32 = dev.trim_start_matches("/dev/loop").parse().unwrap();
+    use std::os::unix::fs::OpenOptionsExt;
+    let _hold =
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_EXCL).open(&dev).unwrap();
+    write_conf(&format!("max loop devices = {}\nshared loop devices = no\n", n + 1));
+    let r = husk(&["exec", &sif, "true"]).run();
+    assert_one_line_error(&r, "'max loop devices'");
+    write_conf(&format!("max loop devices = {}\nshared loop devices = no\n", n + 2));
+    let r = husk(&["exec", &sif, "true"]).run();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
