@@ -10,7 +10,7 @@ use serde_json::json;
 use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -183,6 +183,12 @@ fn home_bind(opts: &RunOpts, home: Vec<u8>) -> Result<Option<Bind>> {
     match (&opts.home, opts.no_home) {
         (Some(_), true) => bail!("--home and --no-home: choose one"),
         (None, true) => Ok(None),
+        // --contain: an empty home (made by the starter), or one kept in
+        // the work directory.
+        (None, false) if opts.contain => match workdir_sub(opts, "home")? {
+            Some(src) => Ok(Some(Bind { src, dst: home, readonly: false })),
+            None => Ok(None),
+        },
         (Some(spec), false) => {
             let (src, dst) = spec.split_once(':').unwrap_or((spec, spec));
             let src = host_source("--home", src)?;
@@ -199,6 +205,19 @@ fn home_bind(opts: &RunOpts, home: Vec<u8>) -> Result<Option<Bind>> {
             Ok(Some(Bind { src: home.clone(), dst: home, readonly: false }))
         }
     }
+}
+
+/// `-W DIR`: the directory `DIR/name`, made if missing (as the caller).
+fn workdir_sub(opts: &RunOpts, name: &str) -> Result<Option<Vec<u8>>> {
+    let Some(w) = &opts.workdir else { return Ok(None) };
+    let base = host_source("--workdir", w)?;
+    if !base.is_dir() {
+        bail!("--workdir {w}: not a directory");
+    }
+    let sub = base.join(name);
+    std::fs::create_dir_all(&sub)
+        .map_err(|e| anyhow!("--workdir {w}: make {}: {}", sub.display(), crate::describe(&e)))?;
+    Ok(Some(sub.into_os_string().into_vec()))
 }
 
 pub fn build_request(opts: &RunOpts, img: &ImageInfo, action: Action) -> Result<Request> {
@@ -242,14 +261,27 @@ pub fn build_request(opts: &RunOpts, img: &ImageInfo, action: Action) -> Result<
         None => None,
     };
     let mut binds = parse_binds(&opts.bind)?;
+    // -W: /tmp and /var/tmp from the work directory; --contain alone:
+    // fresh ones.
+    for (name, dst) in [("tmp", &b"/tmp"[..]), ("var_tmp", b"/var/tmp")] {
+        if let Some(src) = workdir_sub(opts, name)? {
+            binds.push(Bind { src, dst: dst.to_vec(), readonly: false });
+        }
+    }
+    let fresh_tmp = opts.contain && opts.workdir.is_none();
+    let mount_tmp = !opts.contain && opts.workdir.is_none();
+    let fresh_home = (opts.contain && opts.home.is_none() && !opts.no_home && home_bind.is_none())
+        .then(|| home.clone());
     let (cwd, cwd_required) = match &opts.pwd {
         Some(p) => (container_path("--pwd", p)?, true),
+        // --contain: the current directory stays outside; start at home.
+        None if opts.contain => (if opts.no_home { b"/".to_vec() } else { home.clone() }, false),
         None => {
             let c = std::env::current_dir()
                 .map(|c| c.as_os_str().as_bytes().to_vec())
                 .unwrap_or(b"/".to_vec());
             let c = if husk_protocol::check_path("cwd", &c).is_ok() { c } else { b"/".to_vec() };
-            if cwd_bind(&c, home_bind.as_ref().map(|h| &h.dst[..]), true, &binds) {
+            if cwd_bind(&c, home_bind.as_ref().map(|h| &h.dst[..]), mount_tmp, &binds) {
                 binds.push(Bind { src: c.clone(), dst: c.clone(), readonly: false });
             }
             (c, false)
@@ -262,7 +294,7 @@ pub fn build_request(opts: &RunOpts, img: &ImageInfo, action: Action) -> Result<
         cwd,
         cwd_required,
         home: home_bind,
-        mount_tmp: true,
+        mount_tmp,
         binds,
         identity: ident,
         namespaces: Namespaces {
@@ -273,6 +305,9 @@ pub fn build_request(opts: &RunOpts, img: &ImageInfo, action: Action) -> Result<
         },
         hostname,
         writable_tmpfs: opts.writable_tmpfs,
+        fresh_tmp,
+        fresh_home,
+        minimal_dev: opts.contain,
     })
 }
 

@@ -59,6 +59,13 @@ pub struct RunOpts {
     /// Do not bind the home directory
     #[arg(long, env = "HUSK_NO_HOME", value_parser = BoolishValueParser::new())]
     pub no_home: bool,
+    /// Contain: an empty home, fresh /tmp and /var/tmp, a minimal /dev, the
+    /// current directory not bound; start in the home
+    #[arg(short = 'c', long, env = "HUSK_CONTAIN", value_parser = BoolishValueParser::new())]
+    pub contain: bool,
+    /// /tmp and /var/tmp (and with --contain the home) kept in DIR instead
+    #[arg(short = 'W', long, value_name = "DIR", env = "HUSK_WORKDIR")]
+    pub workdir: Option<String>,
     /// Use SRC as the home directory, at DST inside (default: SRC)
     #[arg(short = 'H', long, value_name = "SRC[:DST]", env = "HUSK_HOME")]
     pub home: Option<String>,

@@ -58,6 +58,22 @@ pub struct Request {
     /// Writes to the container root go to a size-limited tmpfs and vanish
     /// at exit; otherwise the root is read-only.
     pub writable_tmpfs: bool,
+    /// `--contain`: fresh, empty /tmp and /var/tmp (tmpfs) instead of the
+    /// host's.
+    pub fresh_tmp: bool,
+    /// `--contain`: an empty home at this path (a tmpfs the caller owns)
+    /// instead of a bind; `home` is then `None`.
+    pub fresh_home: Option<Vec<u8>>,
+    /// `--contain`: a /dev of its own (null, zero, full, random, urandom,
+    /// tty, a new devpts, /dev/shm) instead of the host's.
+    pub minimal_dev: bool,
+}
+
+impl Request {
+    /// The caller's home inside the container, if there is one.
+    pub fn home_dir(&self) -> Option<&[u8]> {
+        self.fresh_home.as_deref().or(self.home.as_ref().map(|h| &h.dst[..]))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -26,6 +26,9 @@ fn sample() -> Request {
         namespaces: Namespaces::default(),
         hostname: None,
         writable_tmpfs: false,
+        fresh_tmp: false,
+        fresh_home: None,
+        minimal_dev: false,
     }
 }
 
@@ -157,6 +160,8 @@ prop_compose! {
         ns in any::<(bool, bool, bool, bool)>(),
         hostname in proptest::option::of(bytes()),
         writable_tmpfs in any::<bool>(),
+        contain in any::<(bool, bool)>(),
+        fresh_home in proptest::option::of(bytes()),
     ) -> Request {
         Request {
             image: Image { path, kind },
@@ -168,6 +173,9 @@ prop_compose! {
             namespaces: Namespaces { pid: ns.0, ipc: ns.1, net: ns.2, uts: ns.3 },
             hostname,
             writable_tmpfs,
+            fresh_tmp: contain.0,
+            fresh_home,
+            minimal_dev: contain.1,
         }
     }
 }
@@ -217,4 +225,18 @@ fn host_names_follow_rfc_1123_and_need_a_uts_namespace() {
     r.namespaces.uts = false;
     r.hostname = Some(b"box1".to_vec());
     assert_eq!(validate(&r).unwrap_err().reason, "set without a UTS namespace");
+}
+
+#[test]
+fn a_fresh_home_excludes_a_home_bind() {
+    let mut r = sample();
+    r.fresh_home = Some(b"/home/alice".to_vec());
+    assert_eq!(validate(&r).unwrap_err().field, "fresh_home");
+    r.home = None;
+    assert_eq!(validate(&r), Ok(()));
+    assert_eq!(r.home_dir(), Some(&b"/home/alice"[..]));
+    for bad in [&b"/"[..], b"relative", b"/a:b", b"/a/../b"] {
+        r.fresh_home = Some(bad.to_vec());
+        assert!(validate(&r).is_err(), "{bad:?}");
+    }
 }

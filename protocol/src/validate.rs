@@ -124,10 +124,19 @@ pub fn validate(req: &Request) -> Result<(), ValidationError> {
     check_path("cwd", &req.cwd)?;
     if let Some(home) = &req.home {
         check_bind("home", home)?;
-        // The home path becomes a field of the container's passwd line.
-        if home.dst.iter().any(|&b| b == b':' || b == b'\n') {
-            return err("home", "path contains ':' or a newline");
+    }
+    if let Some(fresh) = &req.fresh_home {
+        if req.home.is_some() {
+            return err("fresh_home", "set together with a home bind");
         }
+        check_path("fresh_home", fresh)?;
+        if fresh == b"/" {
+            return err("fresh_home", "the container root");
+        }
+    }
+    // The home path becomes a field of the container's passwd line.
+    if req.home_dir().is_some_and(|h| h.iter().any(|&b| b == b':' || b == b'\n')) {
+        return err("home", "path contains ':' or a newline");
     }
     if req.binds.len() > MAX_BINDS {
         return err("binds", "too many binds");

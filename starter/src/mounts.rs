@@ -51,10 +51,11 @@ fn detach(
 
 const PROC_SYS: u64 = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV | sys::MOUNT_ATTR_NOEXEC;
 
-/// Every host object the container shows, in mount order. Without the
-/// host's /sys when the container has its own network namespace: sysfs
-/// shows the network of whoever mounted it.
-fn detach_all(objs: &Objects, own_net: bool) -> Result<Vec<Detached>> {
+/// The host's /proc, /sys and /dev, where the container shows them:
+/// without /sys when the container has its own network namespace (sysfs
+/// shows the network of whoever mounted it) and without /dev when it has a
+/// /dev of its own; those are made in the namespace ([`made_here`]).
+fn detach_system(objs: &Objects, own_net: bool, own_dev: bool) -> Result<Vec<Detached>> {
     let mut v = Vec::new();
     if let Some(p) = &objs.proc_ {
         v.push(detach(p.as_fd(), b"/proc", true, true, PROC_SYS)?);
@@ -63,9 +64,15 @@ fn detach_all(objs: &Objects, own_net: bool) -> Result<Vec<Detached>> {
         v.push(detach(s.as_fd(), b"/sys", true, true, PROC_SYS)?);
     }
     // Devices must work under /dev; setuid files must not.
-    if let Some(d) = &objs.dev {
+    if let Some(d) = objs.dev.as_ref().filter(|_| !own_dev) {
         v.push(detach(d.as_fd(), b"/dev", true, true, sys::MOUNT_ATTR_NOSUID)?);
     }
+    Ok(v)
+}
+
+/// Every other host object the container shows, in mount order.
+fn detach_rest(objs: &Objects) -> Result<Vec<Detached>> {
+    let mut v = Vec::new();
     let sources = objs
         .etc_files
         .iter()
@@ -92,12 +99,16 @@ pub fn build(req: &Request, caller: &Caller, objs: Objects, conf: &Config) -> Re
             // what a mount inside the directory hides: such a directory is
             // refused, which the recursive copy lets us find out.
             let probe = sys::clone_tree(fd, true).ctx(|| "clone image directory".into())?;
+            // Private like every other detached tree, though it lives only
+            // for a moment in the private staging area.
+            sys::set_mount_attrs(probe.as_fd(), 0, true).ctx(|| "clone image directory".into())?;
             Some((detach(fd, b"/", true, false, attrs)?.tree, probe))
         }
         _ => None,
     };
     let ns = &req.namespaces;
-    let mut binds = detach_all(&objs, ns.net)?;
+    let mut binds = detach_system(&objs, ns.net, req.minimal_dev)?;
+    let rest = detach_rest(&objs)?;
     let mut flags = libc::CLONE_NEWNS;
     for (on, flag) in
         [(ns.ipc, libc::CLONE_NEWIPC), (ns.net, libc::CLONE_NEWNET), (ns.uts, libc::CLONE_NEWUTS)]
@@ -117,15 +128,10 @@ pub fn build(req: &Request, caller: &Caller, objs: Objects, conf: &Config) -> Re
     if ns.net {
         sys::loopback_up().ctx(|| "bring up lo in the new network namespace".into())?;
     }
-    if ns.net && objs.sys_.is_some() {
-        let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-        sys::mount(Some(c"sysfs"), SYSFS, Some(c"sysfs"), flags, None)
-            .ctx(|| "mount sysfs for the new network namespace".into())?;
-        let fresh =
-            sys::open(SYSFS, libc::O_PATH | libc::O_DIRECTORY).ctx(|| "open sysfs".into())?;
-        let at = usize::from(objs.proc_.is_some());
-        binds.insert(at, detach(fresh.as_fd(), b"/sys", true, false, PROC_SYS)?);
-    }
+    binds.extend(made_here(req, &objs, caller)?);
+    // /proc, /sys, /dev first, then what lies under them, shallowest first.
+    binds.sort_by_key(|d| system_rank(&d.dst));
+    binds.extend(rest);
     match image_tree {
         Some((t, probe)) => {
             refuse_inner_mounts(probe, &req.image.path)?;
@@ -209,11 +215,105 @@ fn stage() -> Result<()> {
         (c"root", 0o755),
         (c"probe", 0o700),
         (c"sys", 0o755),
+        (c"t-dev", 0o755),
+        (c"t-tmp", 0o755),
+        (c"t-vartmp", 0o755),
+        (c"t-home", 0o755),
     ];
     for (name, mode) in dirs {
         sys::mkdirat(stage.as_fd(), name, mode).ctx(|| format!("mkdir staging {name:?}"))?;
     }
     Ok(())
+}
+
+/// Where /proc, /sys and /dev go among the first mounts (stable sort).
+fn system_rank(dst: &[u8]) -> usize {
+    [&b"/proc"[..], b"/sys", b"/dev"].iter().position(|d| *d == dst).unwrap_or(3)
+}
+
+/// A tmpfs mounted at `at` in the staging area, detached for `dst`.
+fn fresh_tmpfs(at: &CStr, dst: &[u8], opts: &CStr) -> Result<Detached> {
+    let what = || format!("tmpfs for {}", show(dst));
+    sys::mount(Some(c"husk"), at, Some(c"tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some(opts))
+        .ctx(what)?;
+    let fd = sys::open(at, libc::O_PATH | libc::O_DIRECTORY).ctx(what)?;
+    detach(fd.as_fd(), dst, true, false, sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV)
+}
+
+/// What is made in the container's own namespaces rather than taken from
+/// the host: sysfs for a new network namespace, a minimal /dev, and the
+/// empty /tmp, /var/tmp and home of `--contain`.
+fn made_here(req: &Request, objs: &Objects, caller: &Caller) -> Result<Vec<Detached>> {
+    let mut v = Vec::new();
+    if req.namespaces.net && objs.sys_.is_some() {
+        let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        sys::mount(Some(c"sysfs"), SYSFS, Some(c"sysfs"), flags, None)
+            .ctx(|| "mount sysfs for the new network namespace".into())?;
+        let fresh =
+            sys::open(SYSFS, libc::O_PATH | libc::O_DIRECTORY).ctx(|| "open sysfs".into())?;
+        v.push(detach(fresh.as_fd(), b"/sys", true, false, PROC_SYS)?);
+    }
+    if req.minimal_dev && objs.dev.is_some() {
+        v.push(minimal_dev()?);
+    }
+    if req.fresh_tmp {
+        v.push(fresh_tmpfs(c"/tmp/t-tmp", b"/tmp", c"mode=1777")?);
+        v.push(fresh_tmpfs(c"/tmp/t-vartmp", b"/var/tmp", c"mode=1777")?);
+    }
+    if let Some(home) = &req.fresh_home {
+        let opts = CString::new(format!("mode=0700,uid={},gid={}", caller.uid, caller.gid))
+            .map_err(|_| Error::new("home tmpfs options"))?;
+        v.push(fresh_tmpfs(c"/tmp/t-home", home, &opts)?);
+    }
+    Ok(v)
+}
+
+/// A /dev of the container's own: the harmless character devices, a new
+/// devpts instance (with ptmx), /dev/shm, and the usual links into /proc.
+/// The tmpfs holding them is not nodev (the devices must open) but holds
+/// nothing else, and the caller can add nothing to it.
+fn minimal_dev() -> Result<Detached> {
+    const DEV: &CStr = c"/tmp/t-dev";
+    let what = || "minimal /dev".to_string();
+    let flags = libc::MS_NOSUID | libc::MS_NOEXEC;
+    sys::mount(Some(c"husk-dev"), DEV, Some(c"tmpfs"), flags, Some(c"mode=0755,size=1m"))
+        .ctx(what)?;
+    let dir = sys::open(DEV, libc::O_PATH | libc::O_DIRECTORY).ctx(what)?;
+    let nodes = [
+        (c"null", 1, 3),
+        (c"zero", 1, 5),
+        (c"full", 1, 7),
+        (c"random", 1, 8),
+        (c"urandom", 1, 9),
+        (c"tty", 5, 0),
+    ];
+    for (name, major, minor) in nodes {
+        sys::mknodat(dir.as_fd(), name, libc::S_IFCHR | 0o666, major, minor).ctx(what)?;
+    }
+    let links = [
+        (c"ptmx", c"pts/ptmx"),
+        (c"fd", c"/proc/self/fd"),
+        (c"stdin", c"/proc/self/fd/0"),
+        (c"stdout", c"/proc/self/fd/1"),
+        (c"stderr", c"/proc/self/fd/2"),
+    ];
+    for (name, target) in links {
+        sys::symlinkat(target, dir.as_fd(), name).ctx(what)?;
+    }
+    sys::mkdirat(dir.as_fd(), c"pts", 0o755).ctx(what)?;
+    sys::mkdirat(dir.as_fd(), c"shm", 0o1777).ctx(what)?;
+    let pts_opts = c"newinstance,ptmxmode=0666,mode=0620";
+    sys::mount(Some(c"devpts"), c"/tmp/t-dev/pts", Some(c"devpts"), flags, Some(pts_opts))
+        .ctx(|| "mount devpts".into())?;
+    sys::mount(
+        Some(c"husk-shm"),
+        c"/tmp/t-dev/shm",
+        Some(c"tmpfs"),
+        flags | libc::MS_NODEV,
+        Some(c"mode=1777"),
+    )
+    .ctx(|| "mount /dev/shm".into())?;
+    detach(dir.as_fd(), b"/dev", true, true, sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NOEXEC)
 }
 
 /// Mount a squashfs image through a loop device, read-only, nosuid, nodev, at `LOWER`.
@@ -429,7 +529,7 @@ fn write_identity(tree: &Tree, req: &Request, caller: &Caller) -> Result<()> {
     let (pw, gr) = as_caller(caller, || {
         Ok((read_image_file(etc.as_fd(), c"passwd")?, read_image_file(etc.as_fd(), c"group")?))
     })?;
-    let home = req.home.as_ref().map_or(&b"/"[..], |h| &h.dst[..]);
+    let home = req.home_dir().unwrap_or(b"/");
     let user = identity::User {
         name: &req.identity.user_name,
         uid: caller.uid,

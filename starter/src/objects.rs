@@ -176,7 +176,7 @@ pub fn open_all(req: &Request, conf: &Config, caller: &Caller) -> Result<Objects
         etc_files.extend(open_system(f.as_bytes(), f.as_bytes())?);
     }
     let mut tmp = Vec::new();
-    if req.mount_tmp && conf.mount_tmp {
+    if req.mount_tmp && conf.mount_tmp && !req.fresh_tmp {
         for d in ["/tmp", "/var/tmp"] {
             tmp.extend(open_system(d.as_bytes(), d.as_bytes())?);
         }

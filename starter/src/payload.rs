@@ -24,7 +24,7 @@ fn chdir_cwd(req: &Request) -> Result<()> {
         }
         Err(_) => {
             // As Apptainer does: say so, and start in the home, else in `/`.
-            let home = req.home.as_ref().map(|h| cstring(&h.dst)).transpose()?;
+            let home = req.home_dir().map(cstring).transpose()?;
             let fallback = match home {
                 Some(h) if sys::chdir(&h).is_ok() => h,
                 _ => {

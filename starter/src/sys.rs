@@ -291,6 +291,26 @@ pub fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: libc::mode_t) -> io::Resu
     Ok(())
 }
 
+pub fn mknodat(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    mode: libc::mode_t,
+    major: u32,
+    minor: u32,
+) -> io::Result<()> {
+    // SAFETY: name is NUL-terminated; dir is a valid fd; the rest are integers.
+    cvt(unsafe {
+        libc::mknodat(dir.as_raw_fd(), name.as_ptr(), mode, libc::makedev(major, minor))
+    })?;
+    Ok(())
+}
+
+pub fn symlinkat(target: &CStr, dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    // SAFETY: both strings are NUL-terminated; dir is a valid fd.
+    cvt(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) })?;
+    Ok(())
+}
+
 pub fn unlinkat(dir: BorrowedFd<'_>, name: &CStr, flags: libc::c_int) -> io::Result<()> {
     // SAFETY: name is NUL-terminated, dir is a valid fd.
     cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) })?;
@@ -609,7 +629,9 @@ pub fn bounding_set_empty() -> bool {
         match unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap as libc::c_ulong, 0, 0, 0) } {
             0 => {}
             1 => return false,
-            _ => return true, // EINVAL: past the last capability
+            // Only EINVAL means "past the last capability"; any other
+            // failure proves nothing, so the set is not taken as empty.
+            _ => return io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL),
         }
     }
     true

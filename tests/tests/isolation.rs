@@ -197,3 +197,72 @@ fn home_option_binds_another_home() {
     let r = husk(&["exec", "-H", &alt_s, "--no-home", &img, "true"]).run();
     assert_one_line_error(&r, "--no-home");
 }
+
+#[test]
+fn contain_gives_an_empty_home_fresh_tmp_and_a_minimal_dev() {
+    let Some(img) = fixture() else { return };
+    let e = env().unwrap();
+    // Something of the user's in the host's /tmp and home.
+    let marker = format!("husk-contain-{}", std::process::id());
+    sh(&format!("touch /tmp/{marker} /var/tmp/{marker} && chmod 644 /tmp/{marker}"));
+    let script = format!(
+        "echo home=$HOME; echo pwd=$(pwd); ls -A $HOME | wc -l; ls /tmp/{marker} /var/tmp/{marker} 2>&1 | wc -l; \
+         ls -A /dev | tr '\\n' ' '; echo; ls -A /dev/pts | tr '\\n' ' '; echo; \
+         echo x > /dev/null && head -c 8 /dev/urandom | wc -c; touch ~/mine /tmp/mine && echo wrote"
+    );
+    for how in ["-c", "--contain", "variable"] {
+        let mut args = vec!["exec"];
+        if how != "variable" {
+            args.push(how);
+        }
+        args.extend_from_slice(&[&img, "sh", "-c", &script]);
+        let mut c = husk(&args).cwd(&e.home);
+        if how == "variable" {
+            c = c.env("HUSK_CONTAIN", "1");
+        }
+        let r = c.run();
+        assert_eq!(r.code, 0, "{how}: {}", r.stderr);
+        let lines: Vec<&str> = r.stdout.lines().collect();
+        let home = e.home.to_string_lossy();
+        assert_eq!(lines[0], format!("home={home}"), "{how}");
+        assert_eq!(lines[1], format!("pwd={home}"), "{how}: the start directory is the home");
+        assert_eq!(lines[2], "0", "{how}: the home is not empty");
+        // Both ls calls fail: one error line each.
+        assert_eq!(lines[3], "2", "{how}: the host's /tmp or /var/tmp shows");
+        let dev: Vec<&str> = lines[4].split_whitespace().collect();
+        let want = [
+            "fd", "full", "null", "ptmx", "pts", "random", "shm", "stderr", "stdin", "stdout",
+            "tty", "urandom", "zero",
+        ];
+        assert_eq!(dev, want, "{how}: /dev");
+        assert_eq!(lines[5].trim(), "ptmx", "{how}: a devpts of its own");
+        assert_eq!(lines[6..], ["8", "wrote"], "{how}");
+    }
+    // Nothing written inside reached the host.
+    assert!(!e.home.join("mine").exists());
+    assert!(!std::path::Path::new("/tmp/mine").exists());
+    sh(&format!("rm -f /tmp/{marker} /var/tmp/{marker}"));
+}
+
+#[test]
+fn contain_with_a_workdir_keeps_home_and_tmp_there() {
+    let Some(img) = fixture() else { return };
+    let e = env().unwrap();
+    let w = e.work.join("contain-workdir");
+    sh(&format!("rm -rf {0} && mkdir -p {0} && chown {1}: {0}", w.display(), e.user));
+    let w_s = w.to_string_lossy().into_owned();
+    let write = "echo h > ~/h && echo t > /tmp/t && echo v > /var/tmp/v";
+    let r = husk(&["exec", "-c", "-W", &w_s, &img, "sh", "-c", write]).run();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for (f, want) in [("home/h", "h\n"), ("tmp/t", "t\n"), ("var_tmp/v", "v\n")] {
+        assert_eq!(std::fs::read_to_string(w.join(f)).unwrap(), want, "{f}");
+    }
+    // They persist into the next run.
+    let r =
+        husk(&["exec", "--contain", "--workdir", &w_s, &img, "cat", "/tmp/t", "/var/tmp/v"]).run();
+    assert_eq!((r.code, r.stdout.as_str()), (0, "t\nv\n"), "{}", r.stderr);
+    let r = husk(&["exec", "-c", "-W", &w_s, &img, "sh", "-c", "cat ~/h"]).run();
+    assert_eq!(r.stdout, "h\n", "{}", r.stderr);
+    let r = husk(&["exec", "-c", "-W", "/nonexistent/w", &img, "true"]).run();
+    assert_one_line_error(&r, "--workdir /nonexistent/w");
+}

@@ -309,6 +309,9 @@ pub fn valid_request(argv: &[&str]) -> husk_protocol::Request {
         namespaces: Namespaces::default(),
         hostname: None,
         writable_tmpfs: false,
+        fresh_tmp: false,
+        fresh_home: None,
+        minimal_dev: false,
     }
 }
 
