@@ -272,8 +272,14 @@ pub fn build_request(opts: &RunOpts, img: &ImageInfo, action: Action) -> Result<
     let mount_tmp = !opts.contain && opts.workdir.is_none();
     let fresh_home = (opts.contain && opts.home.is_none() && !opts.no_home && home_bind.is_none())
         .then(|| home.clone());
+    let workdir = opts.compat.then(|| img.config.working_dir.clone()).flatten();
     let (cwd, cwd_required) = match &opts.pwd {
         Some(p) => (container_path("--pwd", p)?, true),
+        // --compat: Docker's WORKDIR (else its default, /).
+        None if opts.compat => match workdir.as_deref().filter(|w| !w.is_empty()) {
+            Some(w) => (container_path("WORKDIR", w)?, false),
+            None => (b"/".to_vec(), false),
+        },
         // --contain: the current directory stays outside; start at home.
         None if opts.contain => (if opts.no_home { b"/".to_vec() } else { home.clone() }, false),
         None => {
@@ -298,7 +304,7 @@ pub fn build_request(opts: &RunOpts, img: &ImageInfo, action: Action) -> Result<
         binds,
         identity: ident,
         namespaces: Namespaces {
-            pid: false,
+            pid: opts.pid,
             ipc: opts.ipc,
             net: opts.net,
             uts: opts.uts || hostname.is_some(),
@@ -308,6 +314,7 @@ pub fn build_request(opts: &RunOpts, img: &ImageInfo, action: Action) -> Result<
         fresh_tmp,
         fresh_home,
         minimal_dev: opts.contain,
+        no_init: opts.no_init,
     })
 }
 
@@ -379,7 +386,7 @@ fn open_image(image: &str, arch: Option<&str>, insecure: bool) -> Result<ImageIn
 
 pub fn exec(opts: &RunOpts, image: &str, action: Action) -> Result<ExitCode> {
     let img = open_image(image, opts.arch.as_deref(), opts.insecure)?;
-    let req = build_request(opts, &img, action)?;
+    let req = build_request(&opts.expanded(), &img, action)?;
     hand_over(&req)
 }
 

@@ -63,6 +63,19 @@ pub struct RunOpts {
     /// current directory not bound; start in the home
     #[arg(short = 'c', long, env = "HUSK_CONTAIN", value_parser = BoolishValueParser::new())]
     pub contain: bool,
+    /// --contain, --cleanenv, --pid and --ipc at once
+    #[arg(short = 'C', long, env = "HUSK_CONTAINALL", value_parser = BoolishValueParser::new())]
+    pub containall: bool,
+    /// Docker-like: --containall --writable-tmpfs --no-init, and start in
+    /// the image's WORKDIR
+    #[arg(long, env = "HUSK_COMPAT", value_parser = BoolishValueParser::new())]
+    pub compat: bool,
+    /// A new PID namespace, with a small init as PID 1
+    #[arg(short = 'p', long, env = "HUSK_PID", value_parser = BoolishValueParser::new())]
+    pub pid: bool,
+    /// With --pid: run the command itself as PID 1, without husk's init
+    #[arg(long, env = "HUSK_NO_INIT", value_parser = BoolishValueParser::new())]
+    pub no_init: bool,
     /// /tmp and /var/tmp (and with --contain the home) kept in DIR instead
     #[arg(short = 'W', long, value_name = "DIR", env = "HUSK_WORKDIR")]
     pub workdir: Option<String>,
@@ -101,6 +114,25 @@ pub struct RunOpts {
     /// Allow plain HTTP to a docker:// registry (always allowed on the loopback)
     #[arg(long)]
     pub insecure: bool,
+}
+
+impl RunOpts {
+    /// The options --compat and --containall stand for, spelled out.
+    pub fn expanded(&self) -> RunOpts {
+        let mut o = self.clone();
+        if o.compat {
+            o.containall = true;
+            o.writable_tmpfs = true;
+            o.no_init = true;
+        }
+        if o.containall {
+            o.contain = true;
+            o.cleanenv = true;
+            o.pid = true;
+            o.ipc = true;
+        }
+        o
+    }
 }
 
 #[derive(Subcommand)]

@@ -67,6 +67,9 @@ pub struct Request {
     /// `--contain`: a /dev of its own (null, zero, full, random, urandom,
     /// tty, a new devpts, /dev/shm) instead of the host's.
     pub minimal_dev: bool,
+    /// With `namespaces.pid`: run the payload itself as PID 1, without
+    /// husk's small init.
+    pub no_init: bool,
 }
 
 impl Request {

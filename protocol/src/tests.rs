@@ -29,6 +29,7 @@ fn sample() -> Request {
         fresh_tmp: false,
         fresh_home: None,
         minimal_dev: false,
+        no_init: false,
     }
 }
 
@@ -176,6 +177,7 @@ prop_compose! {
             fresh_tmp: contain.0,
             fresh_home,
             minimal_dev: contain.1,
+            no_init: contain.0 && contain.1,
         }
     }
 }

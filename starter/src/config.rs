@@ -22,7 +22,8 @@ pub struct Config {
     /// May a start mount a loop device that a running container attached to
     /// the same image file?
     pub shared_loop_devices: bool,
-    /// May users ask for their own IPC, network and UTS namespaces?
+    /// May users ask for their own PID, IPC, network and UTS namespaces?
+    pub allow_pid_ns: bool,
     pub allow_ipc_ns: bool,
     pub allow_net_ns: bool,
     pub allow_uts_ns: bool,
@@ -60,6 +61,7 @@ impl Default for Config {
             mount_home: true,
             mount_tmp: true,
             shared_loop_devices: true,
+            allow_pid_ns: true,
             allow_ipc_ns: true,
             allow_net_ns: true,
             allow_uts_ns: true,
@@ -164,6 +166,7 @@ pub fn parse(text: &str) -> std::result::Result<Config, String> {
             "mount home" => yes_no(value).map(|v| c.mount_home = v),
             "mount tmp" => yes_no(value).map(|v| c.mount_tmp = v),
             "shared loop devices" => yes_no(value).map(|v| c.shared_loop_devices = v),
+            "allow pid namespace" => yes_no(value).map(|v| c.allow_pid_ns = v),
             "allow ipc namespace" => yes_no(value).map(|v| c.allow_ipc_ns = v),
             "allow net namespace" => yes_no(value).map(|v| c.allow_net_ns = v),
             "allow uts namespace" => yes_no(value).map(|v| c.allow_uts_ns = v),
@@ -259,13 +262,13 @@ mod tests {
     fn defaults_and_directives() {
         let c = parse(
             "# site policy\n\nallow setuid = yes\nmount  home = no\nmount tmp=no\n\
-             shared loop devices = no\nallow ipc namespace = no\nallow net namespace = no\n\
+             shared loop devices = no\nallow pid namespace = no\nallow ipc namespace = no\nallow net namespace = no\n\
              allow uts namespace = no\n\
              bind path = /etc/localtime\nbind path = /data:/mnt/data\n",
         )
         .unwrap();
         assert!(c.allow_setuid && !c.mount_home && !c.mount_tmp && !c.shared_loop_devices);
-        assert!(!c.allow_ipc_ns && !c.allow_net_ns && !c.allow_uts_ns);
+        assert!(!c.allow_pid_ns && !c.allow_ipc_ns && !c.allow_net_ns && !c.allow_uts_ns);
         assert_eq!(
             c.bind_paths,
             vec![

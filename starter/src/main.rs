@@ -12,6 +12,7 @@ mod identity;
 mod mounts;
 mod objects;
 mod payload;
+mod pidns;
 mod privs;
 // The only module allowed `unsafe`: one small wrapper per system call.
 #[allow(unsafe_code)]
@@ -35,8 +36,15 @@ fn run() -> Result<Infallible> {
     mounts::build(&req, &caller, objs, &conf)?;
     // 6. drop to the caller for good
     privs::drop_for_good(&caller)?;
-    // 7. restore the caller's state and exec
-    payload::exec(&req, &caller)
+    // 7. restore the caller's state and exec (with --pid, under a small init)
+    if req.namespaces.pid {
+        pidns::rearm()?;
+    }
+    if req.namespaces.pid && !req.no_init {
+        pidns::init(&req, &caller)
+    } else {
+        payload::exec(&req, &caller)
+    }
 }
 
 fn read_request() -> Result<husk_protocol::Request> {
@@ -77,10 +85,8 @@ fn check_policy(
         return deny(format!("--bind {}", error::show(&b.src)), "user bind control");
     }
     let ns = &req.namespaces;
-    if ns.pid {
-        return Err(Error::new("--pid: not supported by this starter yet"));
-    }
     let asked = [
+        (ns.pid, conf.allow_pid_ns, "--pid", "allow pid namespace"),
         (ns.ipc, conf.allow_ipc_ns, "--ipc", "allow ipc namespace"),
         (ns.net, conf.allow_net_ns, "--net", "allow net namespace"),
         (ns.uts, conf.allow_uts_ns, "--uts/--hostname", "allow uts namespace"),

@@ -21,6 +21,7 @@ const LOWER: &CStr = c"/tmp/lower";
 const ROOT: &CStr = c"/tmp/root";
 const PROBE: &CStr = c"/tmp/probe";
 const SYSFS: &CStr = c"/tmp/sys";
+const PROCFS: &CStr = c"/tmp/t-proc";
 /// Overlay metadata in the image (which a directory image's owner may craft
 /// through a filesystem they control) is never followed.
 const OVERLAY_OPTS: &CStr =
@@ -52,12 +53,18 @@ fn detach(
 const PROC_SYS: u64 = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV | sys::MOUNT_ATTR_NOEXEC;
 
 /// The host's /proc, /sys and /dev, where the container shows them:
-/// without /sys when the container has its own network namespace (sysfs
+/// without /proc when the container has its own PID namespace, without
+/// /sys when the container has its own network namespace (sysfs
 /// shows the network of whoever mounted it) and without /dev when it has a
 /// /dev of its own; those are made in the namespace ([`made_here`]).
-fn detach_system(objs: &Objects, own_net: bool, own_dev: bool) -> Result<Vec<Detached>> {
+fn detach_system(
+    objs: &Objects,
+    own_pid: bool,
+    own_net: bool,
+    own_dev: bool,
+) -> Result<Vec<Detached>> {
     let mut v = Vec::new();
-    if let Some(p) = &objs.proc_ {
+    if let Some(p) = objs.proc_.as_ref().filter(|_| !own_pid) {
         v.push(detach(p.as_fd(), b"/proc", true, true, PROC_SYS)?);
     }
     if let Some(s) = objs.sys_.as_ref().filter(|_| !own_net) {
@@ -107,17 +114,25 @@ pub fn build(req: &Request, caller: &Caller, objs: Objects, conf: &Config) -> Re
         _ => None,
     };
     let ns = &req.namespaces;
-    let mut binds = detach_system(&objs, ns.net, req.minimal_dev)?;
+    let mut binds = detach_system(&objs, ns.pid, ns.net, req.minimal_dev)?;
     let rest = detach_rest(&objs)?;
     let mut flags = libc::CLONE_NEWNS;
-    for (on, flag) in
-        [(ns.ipc, libc::CLONE_NEWIPC), (ns.net, libc::CLONE_NEWNET), (ns.uts, libc::CLONE_NEWUTS)]
-    {
+    let asked = [
+        (ns.pid, libc::CLONE_NEWPID),
+        (ns.ipc, libc::CLONE_NEWIPC),
+        (ns.net, libc::CLONE_NEWNET),
+        (ns.uts, libc::CLONE_NEWUTS),
+    ];
+    for (on, flag) in asked {
         if on {
             flags |= flag;
         }
     }
     sys::unshare(flags).ctx(|| "unshare namespaces".into())?;
+    if ns.pid {
+        // From here on, the namespace's PID 1 builds the container.
+        crate::pidns::enter(caller)?;
+    }
     sys::mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None)
         .ctx(|| "make / private".into())?;
     sys::umask(0);
@@ -216,6 +231,7 @@ fn stage() -> Result<()> {
         (c"probe", 0o700),
         (c"sys", 0o755),
         (c"t-dev", 0o755),
+        (c"t-proc", 0o755),
         (c"t-tmp", 0o755),
         (c"t-vartmp", 0o755),
         (c"t-home", 0o755),
@@ -245,6 +261,15 @@ fn fresh_tmpfs(at: &CStr, dst: &[u8], opts: &CStr) -> Result<Detached> {
 /// empty /tmp, /var/tmp and home of `--contain`.
 fn made_here(req: &Request, objs: &Objects, caller: &Caller) -> Result<Vec<Detached>> {
     let mut v = Vec::new();
+    if req.namespaces.pid && objs.proc_.is_some() {
+        // procfs shows the PID namespace of whoever mounts it: PID 1 here.
+        let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        sys::mount(Some(c"proc"), PROCFS, Some(c"proc"), flags, None)
+            .ctx(|| "mount proc for the new PID namespace".into())?;
+        let fresh =
+            sys::open(PROCFS, libc::O_PATH | libc::O_DIRECTORY).ctx(|| "open proc".into())?;
+        v.push(detach(fresh.as_fd(), b"/proc", true, false, PROC_SYS)?);
+    }
     if req.namespaces.net && objs.sys_.is_some() {
         let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
         sys::mount(Some(c"sysfs"), SYSFS, Some(c"sysfs"), flags, None)

@@ -589,6 +589,105 @@ pub fn loop_configure(
     Ok(())
 }
 
+// ---- processes -------------------------------------------------------------------
+
+/// fork(2): 0 in the child, the child's pid in the parent.
+pub fn fork() -> io::Result<libc::pid_t> {
+    // SAFETY: the starter is single-threaded, so the child may run any code.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(pid)
+}
+
+/// A pipe whose ends do not block, both close-on-exec: (read, write).
+pub fn pipe_nonblocking() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds has room for the two fds pipe2 writes.
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) })?;
+    // SAFETY: pipe2 just made both fds; nothing else owns them.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// True once every write end of the pipe `r` is closed (and nothing is
+/// left to read): its writer has gone.
+pub fn pipe_writer_gone(r: BorrowedFd<'_>) -> bool {
+    let mut b = 0u8;
+    // SAFETY: b is valid for one byte of writes.
+    unsafe { libc::read(r.as_raw_fd(), (&mut b as *mut u8).cast(), 1) == 0 }
+}
+
+/// Move `fd` to the number `target` (closing what was there), close-on-exec.
+pub fn move_fd(fd: OwnedFd, target: RawFd) -> io::Result<OwnedFd> {
+    if fd.as_raw_fd() == target {
+        return Ok(fd);
+    }
+    // SAFETY: both are fd numbers; dup3 closes `target` first if it is open.
+    cvt(unsafe { libc::dup3(fd.as_raw_fd(), target, libc::O_CLOEXEC) })?;
+    // SAFETY: dup3 made `target` a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(target) })
+}
+
+/// Have the kernel send `sig` to this process when its parent dies.
+pub fn set_parent_death_signal(sig: libc::c_int) -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    cvt(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) })?;
+    Ok(())
+}
+
+/// Block every signal: they wait until [`next_signal`] takes them.
+pub fn block_all_signals() -> io::Result<()> {
+    // SAFETY: `all` is valid sigset_t storage, filled before use.
+    let mut all: libc::sigset_t = unsafe { zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::sigfillset(&mut all) };
+    // SAFETY: a valid, filled sigset_t; the old mask is not wanted.
+    cvt(unsafe { libc::sigprocmask(libc::SIG_SETMASK, &all, null_mut()) })?;
+    Ok(())
+}
+
+/// The next pending signal and whether a process sent it (kill, sigqueue)
+/// rather than the kernel (a terminal's ^C, a child's exit).
+pub fn next_signal() -> (libc::c_int, bool) {
+    // SAFETY: `all` is valid sigset_t storage, filled before use.
+    let mut all: libc::sigset_t = unsafe { zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::sigfillset(&mut all) };
+    loop {
+        // SAFETY: all-zero is valid siginfo_t storage.
+        let mut info: libc::siginfo_t = unsafe { zeroed() };
+        // SAFETY: both pointers are valid for the call.
+        let sig = unsafe { libc::sigwaitinfo(&all, &mut info) };
+        if sig > 0 {
+            let sent = matches!(info.si_code, libc::SI_USER | libc::SI_QUEUE | libc::SI_TKILL);
+            return (sig, sent);
+        }
+    }
+}
+
+/// Reap `pid` (or, with -1, any child) if it has ended: its pid and status.
+pub fn reap(pid: libc::pid_t) -> Option<(libc::pid_t, libc::c_int)> {
+    let mut status = 0;
+    // SAFETY: status is a valid out-pointer.
+    let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+    (r > 0).then_some((r, status))
+}
+
+/// An exit code for a wait status: the code, or 128 + the killing signal.
+pub fn status_code(status: libc::c_int) -> i32 {
+    if libc::WIFSIGNALED(status) {
+        128 + libc::WTERMSIG(status)
+    } else {
+        libc::WEXITSTATUS(status)
+    }
+}
+
+pub fn kill(pid: libc::pid_t, sig: libc::c_int) {
+    // SAFETY: integer arguments only; a failure (the child is gone) is harmless.
+    unsafe { libc::kill(pid, sig) };
+}
+
 // ---- identity ------------------------------------------------------------------
 
 pub fn setgroups(groups: &[u32]) -> io::Result<()> {

@@ -148,10 +148,11 @@ fn namespace_directives_refuse_through_the_frontend_and_raw_requests() {
     let sif = sif.to_string_lossy().into_owned();
     for (directive, flag, set) in [
         (
-            "allow ipc namespace",
-            "--ipc",
-            (|r| r.namespaces.ipc = true) as fn(&mut husk_protocol::Request),
+            "allow pid namespace",
+            "--pid",
+            (|r| r.namespaces.pid = true) as fn(&mut husk_protocol::Request),
         ),
+        ("allow ipc namespace", "--ipc", |r| r.namespaces.ipc = true),
         ("allow net namespace", "--net", |r| r.namespaces.net = true),
         ("allow uts namespace", "--hostname", |r| {
             r.namespaces.uts = true;

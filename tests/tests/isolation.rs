@@ -266,3 +266,113 @@ fn contain_with_a_workdir_keeps_home_and_tmp_there() {
     let r = husk(&["exec", "-c", "-W", "/nonexistent/w", &img, "true"]).run();
     assert_one_line_error(&r, "--workdir /nonexistent/w");
 }
+
+/// Running processes (not zombies) whose command line contains `needle`.
+fn running_with(needle: &str) -> Vec<String> {
+    let mut found = vec![];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let state = stat.rsplit(')').next().unwrap_or("").split_whitespace().next().unwrap_or("");
+        if String::from_utf8_lossy(&cmd).contains(needle) && state != "Z" {
+            found.push(format!("{} {}", e.file_name().to_string_lossy(), stat));
+        }
+    }
+    found
+}
+
+#[test]
+fn pid_runs_the_command_as_2_under_an_init_that_reaps_and_relays() {
+    let Some(img) = fixture() else { return };
+    let script = "echo $$; cat /proc/1/comm; ls /proc | grep -c '^[0-9]'; \
+                  (sleep 0.2 &); sleep 0.8; ps -o stat | grep -c Z";
+    for how in ["--pid", "-p", "variable"] {
+        let mut args = vec!["exec"];
+        if how != "variable" {
+            args.push(how);
+        }
+        args.extend_from_slice(&[&img, "sh", "-c", script]);
+        let mut c = husk(&args);
+        if how == "variable" {
+            c = c.env("HUSK_PID", "1");
+        }
+        let r = c.run();
+        assert_eq!(r.code, 1, "{how}: grep -c finds no zombie and says 1: {}", r.stderr);
+        let lines: Vec<&str> = r.stdout.lines().collect();
+        assert_eq!(lines[0], "2", "{how}: the command's PID");
+        assert_eq!(lines[1], "husk-starter", "{how}: PID 1 is husk's init");
+        // init, sh, ls and grep at most: no host process is visible.
+        let seen: u32 = lines[2].parse().unwrap();
+        assert!(seen <= 4, "{how}: {seen} processes in /proc");
+        assert_eq!(lines[3], "0", "{how}: an orphan was left a zombie");
+    }
+    let r = husk(&["exec", "-p", &img, "sh", "-c", "exit 3"]).run();
+    assert_eq!(r.code, 3);
+    let r = husk(&["exec", "-p", "--no-init", &img, "sh", "-c", "echo $$"]).run();
+    assert_eq!(r.stdout, "1\n", "--no-init: {}", r.stderr);
+}
+
+#[test]
+fn signals_reach_a_pid_namespace_and_killing_husk_ends_it() {
+    let Some(img) = fixture() else { return };
+    // Without husk's init the command is PID 1, which the kernel shields
+    // from signals it has no handler for: only SIGKILL is sure to end it.
+    let cases =
+        [("TERM", 143, true), ("INT", 130, true), ("KILL", 137, true), ("KILL", 137, false)];
+    for (sig, want, init) in cases {
+        {
+            let marker = format!("31.{}", if init { 5 } else { 7 });
+            let mut args = vec!["exec", "-p"];
+            if !init {
+                args.push("--no-init");
+            }
+            args.extend_from_slice(&[&img, "sleep", &marker]);
+            let mut child = husk(&args).command();
+            child.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+            let mut child = child.spawn().unwrap();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while running_with(&format!("sleep\0{marker}")).is_empty() {
+                assert!(std::time::Instant::now() < deadline, "the container never started");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            sh(&format!("kill -{sig} {}", child.id()));
+            let status = child.wait().unwrap();
+            use std::os::unix::process::ExitStatusExt;
+            let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+            assert_eq!(code, want, "SIG{sig} to husk (init: {init})");
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while !running_with(&format!("sleep\0{marker}")).is_empty() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "SIG{sig} (init: {init}): the container outlived husk: {:?}",
+                    running_with(&format!("sleep\0{marker}"))
+                );
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+#[test]
+fn containall_contains_cleans_the_environment_and_isolates_pid_and_ipc() {
+    let Some(img) = fixture() else { return };
+    let e = env().unwrap();
+    let host_ipc = std::fs::read_link("/proc/self/ns/ipc").unwrap();
+    let script = "echo $$; ls -A ~ | wc -l; echo ${FROM_HOST:-unset}; readlink /proc/self/ns/ipc";
+    for how in ["-C", "--containall", "variable"] {
+        let mut args = vec!["exec"];
+        if how != "variable" {
+            args.push(how);
+        }
+        args.extend_from_slice(&[&img, "sh", "-c", script]);
+        let mut c = husk(&args).env("FROM_HOST", "1").cwd(&e.home);
+        if how == "variable" {
+            c = c.env("HUSK_CONTAINALL", "yes");
+        }
+        let r = c.run();
+        assert_eq!(r.code, 0, "{how}: {}", r.stderr);
+        let lines: Vec<&str> = r.stdout.lines().collect();
+        assert_eq!(lines[..3], ["2", "0", "unset"], "{how}");
+        assert_ne!(lines[3], host_ipc.to_string_lossy(), "{how}: the host's IPC namespace");
+    }
+}

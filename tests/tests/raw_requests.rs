@@ -81,8 +81,8 @@ fn forged_fields_are_refused() {
     let mut shadow_image = valid_request(&["id"]);
     shadow_image.image.path = b"/etc/shadow".to_vec();
     shadow_image.image.kind = ImageKind::Squashfs;
-    let mut pid = valid_request(&["id"]);
-    pid.namespaces.pid = true;
+    let mut hostname = valid_request(&["id"]);
+    hostname.hostname = Some(b"box1".to_vec());
     let mut evil_name = valid_request(&["id"]);
     evil_name.identity.user_name = b"root:x:0:0::/:/bin/sh\nx".to_vec();
     for (name, req, needle) in [
@@ -95,7 +95,7 @@ fn forged_fields_are_refused() {
         ("partition past the end", past_end, "outside the file"),
         ("host root as image", host_root, "host root"),
         ("/etc/shadow as image", shadow_image, "not found or not accessible"),
-        ("unsupported namespace", pid, "--pid"),
+        ("host name without a UTS namespace", hostname, "hostname"),
         ("passwd injection", evil_name, "user_name"),
     ] {
         let r = send(encode(&req).unwrap());

@@ -312,6 +312,7 @@ pub fn valid_request(argv: &[&str]) -> husk_protocol::Request {
         fresh_tmp: false,
         fresh_home: None,
         minimal_dev: false,
+        no_init: false,
     }
 }
 

@@ -1,0 +1,93 @@
+//! `--pid`: the container's first process is a child of the starter, in a
+//! new PID namespace. The starter itself drops to the caller at once and
+//! only relays: signals sent to it go to the container, and the
+//! container's status becomes its own. Inside, a small init (PID 1, the
+//! caller too by then) starts the payload as PID 2, reaps every orphan,
+//! passes on the signals sent to it and exits with the payload's status.
+
+use crate::entry::Caller;
+use crate::error::{Context, Error, Result};
+use crate::{payload, privs, sys};
+use husk_protocol::Request;
+use std::convert::Infallible;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Mutex;
+
+/// Fork into the PID namespace that `unshare(CLONE_NEWPID)` prepared. Only
+/// the child (its PID 1) returns; the starter drops and relays until the
+/// child ends, then exits with its status.
+pub fn enter(caller: &Caller) -> Result<()> {
+    // Blocked from here: signals wait for `relay` (or, in the payload, are
+    // restored to the caller's mask before exec).
+    sys::block_all_signals().ctx(|| "block signals".into())?;
+    // The starter holds the write end as long as it lives (its parent is
+    // outside the child's namespace, so getppid() there says nothing).
+    let (alive_r, alive_w) = sys::pipe_nonblocking().ctx(|| "pipe".into())?;
+    let child = sys::fork().ctx(|| "fork into the PID namespace".into())?;
+    if child == 0 {
+        drop(alive_w);
+        // Whatever ends the starter ends the container; had it ended
+        // before this took effect, the pipe says so.
+        sys::set_parent_death_signal(libc::SIGKILL).ctx(|| "set parent death signal".into())?;
+        check_starter(&alive_r)?;
+        *ALIVE.lock().unwrap_or_else(|e| e.into_inner()) = Some(alive_r);
+        return Ok(());
+    }
+    drop(alive_r);
+    let _alive = sys::move_fd(alive_w, 3).ctx(|| "keep pipe".into())?;
+    sys::close_from(4).ctx(|| "close fds".into())?;
+    privs::drop_for_good(caller)?;
+    sys::exit(relay(child, false))
+}
+
+/// The read end of the pipe whose writer is the starter, kept by PID 1
+/// until [`rearm`].
+static ALIVE: Mutex<Option<OwnedFd>> = Mutex::new(None);
+
+fn check_starter(alive: &OwnedFd) -> Result<()> {
+    if sys::pipe_writer_gone(alive.as_fd()) {
+        return Err(Error::new("the starter ended while the container was being built"));
+    }
+    Ok(())
+}
+
+/// After the drop, in PID 1: the kernel forgot the parent-death signal when
+/// the credentials changed; set it again, and make sure the starter did
+/// not end in between.
+pub fn rearm() -> Result<()> {
+    sys::set_parent_death_signal(libc::SIGKILL).ctx(|| "set parent death signal".into())?;
+    let alive = ALIVE.lock().unwrap_or_else(|e| e.into_inner()).take();
+    match alive {
+        Some(a) => check_starter(&a),
+        None => Err(Error::new("PID namespace: no link to the starter")),
+    }
+}
+
+/// PID 1 of the container: start the payload as PID 2 and stay as its init.
+pub fn init(req: &Request, caller: &Caller) -> Result<Infallible> {
+    sys::close_from(3).ctx(|| "close fds".into())?;
+    let payload = sys::fork().ctx(|| "fork the payload".into())?;
+    if payload == 0 {
+        return payload::exec(req, caller);
+    }
+    sys::exit(relay(payload, true))
+}
+
+/// Wait for `child`, passing on every signal a process sends to us (those
+/// the terminal sends to the whole process group reach the child already);
+/// with `reap_all`, reap every other child that ends meanwhile. The
+/// child's status, as an exit code.
+fn relay(child: libc::pid_t, reap_all: bool) -> i32 {
+    loop {
+        let (sig, sent) = sys::next_signal();
+        if sig == libc::SIGCHLD {
+            while let Some((pid, status)) = sys::reap(if reap_all { -1 } else { child }) {
+                if pid == child {
+                    return sys::status_code(status);
+                }
+            }
+        } else if sent {
+            sys::kill(child, sig);
+        }
+    }
+}
