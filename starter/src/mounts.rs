@@ -256,27 +256,29 @@ fn fresh_tmpfs(at: &CStr, dst: &[u8], opts: &CStr) -> Result<Detached> {
     detach(fd.as_fd(), dst, true, false, sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV)
 }
 
+/// A new instance of the kernel filesystem `fstype` (proc, sysfs), mounted
+/// at `at` in the staging area and detached for `dst`.
+fn fresh_kernel_fs(fstype: &CStr, at: &CStr, dst: &[u8]) -> Result<Detached> {
+    let what = || format!("mount {} for the container's namespace", show(dst));
+    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    sys::mount(Some(fstype), at, Some(fstype), flags, None).ctx(what)?;
+    let fresh = sys::open(at, libc::O_PATH | libc::O_DIRECTORY).ctx(what)?;
+    detach(fresh.as_fd(), dst, true, false, PROC_SYS)
+}
+
 /// What is made in the container's own namespaces rather than taken from
-/// the host: sysfs for a new network namespace, a minimal /dev, and the
+/// the host: procfs for a new PID namespace, sysfs for a new network
+/// namespace, a minimal /dev, and the
 /// empty /tmp, /var/tmp and home of `--contain`.
 fn made_here(req: &Request, objs: &Objects, caller: &Caller) -> Result<Vec<Detached>> {
     let mut v = Vec::new();
+    // procfs and sysfs show the PID and network namespaces of whoever
+    // mounts them: PID 1 here, in the container's network namespace.
     if req.namespaces.pid && objs.proc_.is_some() {
-        // procfs shows the PID namespace of whoever mounts it: PID 1 here.
-        let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-        sys::mount(Some(c"proc"), PROCFS, Some(c"proc"), flags, None)
-            .ctx(|| "mount proc for the new PID namespace".into())?;
-        let fresh =
-            sys::open(PROCFS, libc::O_PATH | libc::O_DIRECTORY).ctx(|| "open proc".into())?;
-        v.push(detach(fresh.as_fd(), b"/proc", true, false, PROC_SYS)?);
+        v.push(fresh_kernel_fs(c"proc", PROCFS, b"/proc")?);
     }
     if req.namespaces.net && objs.sys_.is_some() {
-        let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-        sys::mount(Some(c"sysfs"), SYSFS, Some(c"sysfs"), flags, None)
-            .ctx(|| "mount sysfs for the new network namespace".into())?;
-        let fresh =
-            sys::open(SYSFS, libc::O_PATH | libc::O_DIRECTORY).ctx(|| "open sysfs".into())?;
-        v.push(detach(fresh.as_fd(), b"/sys", true, false, PROC_SYS)?);
+        v.push(fresh_kernel_fs(c"sysfs", SYSFS, b"/sys")?);
     }
     if req.minimal_dev && objs.dev.is_some() {
         v.push(minimal_dev()?);
