@@ -39,6 +39,9 @@ pub struct Config {
     pub mount_proc: bool,
     pub mount_sys: bool,
     pub mount_dev: bool,
+    /// `mount dev = minimal`: every container gets the minimal /dev of
+    /// `--contain`.
+    pub minimal_dev: bool,
     /// May users bind host paths of their own (`-B`)?
     pub user_bind_control: bool,
     /// Loop devices numbered from this up are never used.
@@ -72,6 +75,7 @@ impl Default for Config {
             mount_proc: true,
             mount_sys: true,
             mount_dev: true,
+            minimal_dev: false,
             user_bind_control: true,
             max_loop_devices: 256,
             bind_paths: Vec::new(),
@@ -182,7 +186,15 @@ pub fn parse(text: &str) -> std::result::Result<Config, String> {
             }
             "mount proc" => yes_no(value).map(|v| c.mount_proc = v),
             "mount sys" => yes_no(value).map(|v| c.mount_sys = v),
-            "mount dev" => yes_no(value).map(|v| c.mount_dev = v),
+            "mount dev" if value == "minimal" => {
+                c.mount_dev = true;
+                c.minimal_dev = true;
+                Ok(())
+            }
+            "mount dev" => yes_no(value).map(|v| {
+                c.mount_dev = v;
+                c.minimal_dev = false;
+            }),
             "user bind control" => yes_no(value).map(|v| c.user_bind_control = v),
             "max loop devices" => value
                 .parse::<u32>()
@@ -296,6 +308,8 @@ mod tests {
         assert_eq!((c.limit_owners, c.limit_groups), (vec![0, 1000], vec![100]));
         assert!(!c.mount_proc && !c.mount_sys && !c.mount_dev && !c.user_bind_control);
         assert_eq!(c.max_loop_devices, 8);
+        let m = parse("mount dev = minimal\n").unwrap();
+        assert!(m.mount_dev && m.minimal_dev);
         for bad in [
             "allowed image formats = sif, ext3",
             "limit container paths = scratch",

@@ -114,7 +114,8 @@ pub fn build(req: &Request, caller: &Caller, objs: Objects, conf: &Config) -> Re
         _ => None,
     };
     let ns = &req.namespaces;
-    let mut binds = detach_system(&objs, ns.pid, ns.net, req.minimal_dev)?;
+    let own_dev = req.minimal_dev || conf.minimal_dev;
+    let mut binds = detach_system(&objs, ns.pid, ns.net, own_dev)?;
     let rest = detach_rest(&objs)?;
     let mut flags = libc::CLONE_NEWNS;
     let asked = [
@@ -143,7 +144,7 @@ pub fn build(req: &Request, caller: &Caller, objs: Objects, conf: &Config) -> Re
     if ns.net {
         sys::loopback_up().ctx(|| "bring up lo in the new network namespace".into())?;
     }
-    binds.extend(made_here(req, &objs, caller)?);
+    binds.extend(made_here(req, &objs, caller, own_dev)?);
     // /proc, /sys, /dev first, then what lies under them, shallowest first.
     binds.sort_by_key(|d| system_rank(&d.dst));
     binds.extend(rest);
@@ -270,7 +271,12 @@ fn fresh_kernel_fs(fstype: &CStr, at: &CStr, dst: &[u8]) -> Result<Detached> {
 /// the host: procfs for a new PID namespace, sysfs for a new network
 /// namespace, a minimal /dev, and the
 /// empty /tmp, /var/tmp and home of `--contain`.
-fn made_here(req: &Request, objs: &Objects, caller: &Caller) -> Result<Vec<Detached>> {
+fn made_here(
+    req: &Request,
+    objs: &Objects,
+    caller: &Caller,
+    own_dev: bool,
+) -> Result<Vec<Detached>> {
     let mut v = Vec::new();
     // procfs and sysfs show the PID and network namespaces of whoever
     // mounts them: PID 1 here, in the container's network namespace.
@@ -280,7 +286,7 @@ fn made_here(req: &Request, objs: &Objects, caller: &Caller) -> Result<Vec<Detac
     if req.namespaces.net && objs.sys_.is_some() {
         v.push(fresh_kernel_fs(c"sysfs", SYSFS, b"/sys")?);
     }
-    if req.minimal_dev && objs.dev.is_some() {
+    if own_dev && objs.dev.is_some() {
         v.push(minimal_dev()?);
     }
     if req.fresh_tmp {

@@ -263,6 +263,15 @@ fn mount_directives_leave_out_proc_sys_and_dev() {
             "{dir} is there with {directive} = no"
         );
     }
+    // The minimal /dev for every container, --contain or not.
+    write_conf("mount dev = minimal\n");
+    let r = husk(&["exec", &sif, "sh", "-c", "ls /dev | tr '\\n' ' '"]).run();
+    assert_eq!(
+        r.stdout.trim(),
+        "fd full null ptmx pts random shm stderr stdin stdout tty urandom zero",
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
