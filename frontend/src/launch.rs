@@ -112,33 +112,106 @@ fn host_source(what: &str, src: &str) -> Result<PathBuf> {
     Ok(p)
 }
 
-/// Parse `-B` values: comma-separated `SRC[:DST[:ro|rw]]`; shallowest destination first.
-fn parse_binds(specs: &[String]) -> Result<Vec<Bind>> {
+/// Split `s` at every `sep` not escaped with a backslash; escapes are kept
+/// for the next level.
+fn split_escaped(s: &str, sep: char) -> Vec<String> {
+    let mut parts = vec![String::new()];
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                parts.last_mut().unwrap().push(c);
+                if let Some(n) = chars.next() {
+                    parts.last_mut().unwrap().push(n);
+                }
+            }
+            c if c == sep => parts.push(String::new()),
+            c => parts.last_mut().unwrap().push(c),
+        }
+    }
+    parts
+}
+
+/// `\,` is a comma, `\:` a colon, `\\` a backslash.
+fn unescape(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        out.push(if c == '\\' { chars.next().unwrap_or(c) } else { c });
+    }
+    out
+}
+
+/// One bind: a host source the caller can read, a container destination.
+fn bind(spec: &str, src: &str, dst: &str, readonly: bool) -> Result<Bind> {
+    let src = host_source("bind source", src)?;
+    let dst = container_path("--bind", dst).map_err(|_| {
+        anyhow!("{spec}: destination '{dst}' is not an absolute path without '.' or '..'")
+    })?;
+    if dst == b"/" {
+        bail!("{spec}: cannot bind over the container root");
+    }
+    Ok(Bind { src: src.as_os_str().as_bytes().to_vec(), dst, readonly })
+}
+
+/// `-B` values: comma-separated `SRC[:DST[:ro|rw]]` (a backslash escapes a
+/// comma or colon in a path), and `--mount type=bind,source=SRC,
+/// destination=DST[,readonly]` as Docker takes it; shallowest destination
+/// first.
+fn parse_binds(specs: &[String], mounts: &[String]) -> Result<Vec<Bind>> {
     let mut binds = Vec::new();
-    for item in specs.iter().flat_map(|s| s.split(',')).filter(|s| !s.is_empty()) {
-        let parts: Vec<&str> = item.split(':').collect();
-        let readonly = match parts.get(2) {
-            None | Some(&"rw") => false,
-            Some(&"ro") => true,
-            Some(o) => bail!("--bind {item}: unknown option '{o}' (want ro or rw)"),
+    for item in specs.iter().flat_map(|s| split_escaped(s, ',')).filter(|s| !s.is_empty()) {
+        let parts: Vec<String> = split_escaped(&item, ':').iter().map(|p| unescape(p)).collect();
+        let what = format!("--bind {item}");
+        let readonly = match parts.get(2).map(String::as_str) {
+            None | Some("rw") => false,
+            Some("ro") => true,
+            Some(o) => bail!("{what}: unknown option '{o}' (want ro or rw)"),
         };
         if parts.len() > 3 || parts[0].is_empty() {
-            bail!("--bind {item}: expected SRC[:DST[:ro|rw]]");
+            bail!("{what}: expected SRC[:DST[:ro|rw]]");
         }
-        let src = host_source("bind source", parts[0])?;
-        let dst = parts.get(1).copied().unwrap_or(parts[0]);
-        let dst = container_path("--bind", dst).map_err(|_| {
-            anyhow!(
-                "--bind {item}: destination '{dst}' is not an absolute path without '.' or '..'"
-            )
-        })?;
-        if dst == b"/" {
-            bail!("--bind {item}: cannot bind over the container root");
-        }
-        binds.push(Bind { src: src.as_os_str().as_bytes().to_vec(), dst, readonly });
+        binds.push(bind(&what, &parts[0], parts.get(1).unwrap_or(&parts[0]), readonly)?);
+    }
+    for m in mounts {
+        binds.push(parse_mount(m)?);
     }
     binds.sort_by_key(|b| b.dst.iter().filter(|&&c| c == b'/').count());
     Ok(binds)
+}
+
+/// Docker's `--mount`: `type=bind,source=SRC,destination=DST[,readonly]`
+/// (also `src`, `dst`, `target`, `ro`, `readonly=true|false`).
+fn parse_mount(m: &str) -> Result<Bind> {
+    let what = format!("--mount {m}");
+    let (mut kind, mut src, mut dst, mut readonly) = (None, None, None, false);
+    for field in split_escaped(m, ',').iter().filter(|f| !f.is_empty()) {
+        let (k, v) = match field.split_once('=') {
+            Some((k, v)) => (k, Some(unescape(v))),
+            None => (field.as_str(), None),
+        };
+        match (k, v) {
+            ("type", Some(v)) => kind = Some(v),
+            ("source" | "src", Some(v)) => src = Some(v),
+            ("destination" | "dst" | "target", Some(v)) => dst = Some(v),
+            ("readonly" | "ro", None) => readonly = true,
+            ("readonly" | "ro", Some(v)) => {
+                readonly = match v.as_str() {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => bail!("{what}: readonly={v} (want true or false)"),
+                }
+            }
+            _ => bail!("{what}: unknown field '{field}'"),
+        }
+    }
+    if kind.as_deref() != Some("bind") {
+        bail!("{what}: only type=bind is supported");
+    }
+    let (Some(src), Some(dst)) = (src, dst) else {
+        bail!("{what}: needs source= and destination=");
+    };
+    bind(&what, &src, &dst, readonly)
 }
 
 fn identity(uid: u32, gid: u32) -> Result<(Identity, Vec<u8>)> {
@@ -260,7 +333,7 @@ pub fn build_request(opts: &RunOpts, img: &ImageInfo, action: Action) -> Result<
         }
         None => None,
     };
-    let mut binds = parse_binds(&opts.bind)?;
+    let mut binds = parse_binds(&opts.bind, &opts.mount)?;
     // -W: /tmp and /var/tmp from the work directory; --contain alone:
     // fresh ones.
     for (name, dst) in [("tmp", &b"/tmp"[..]), ("var_tmp", b"/var/tmp")] {
@@ -489,14 +562,37 @@ mod tests {
 
     #[test]
     fn bind_specs() {
-        let b = parse_binds(&["/tmp:/a/b/c:ro,/:/x".to_string()]).unwrap();
+        let b = parse_binds(&["/tmp:/a/b/c:ro,/:/x".to_string()], &[]).unwrap();
         assert_eq!(b[0].dst, b"/x");
         assert_eq!(b[1].dst, b"/a/b/c");
         assert!(b[1].readonly && !b[0].readonly);
-        assert!(parse_binds(&["/tmp:/x:rx".to_string()]).is_err());
-        assert!(parse_binds(&["/tmp:rel".to_string()]).is_err());
-        assert!(parse_binds(&["/tmp:/".to_string()]).is_err());
-        assert!(parse_binds(&["/no/such/dir".to_string()]).is_err());
+        for bad in ["/tmp:/x:rx", "/tmp:rel", "/tmp:/", "/no/such/dir"] {
+            assert!(parse_binds(&[bad.to_string()], &[]).is_err(), "{bad}");
+        }
+        // Escaped commas and colons are parts of the paths.
+        let b = parse_binds(&["/tmp:/a\\,b\\:c:ro".to_string()], &[]).unwrap();
+        assert_eq!((b[0].dst.as_slice(), b[0].readonly), (&b"/a,b:c"[..], true));
+        assert_eq!(split_escaped("a\\,b,c", ','), ["a\\,b", "c"]);
+        assert_eq!(unescape("a\\,b\\\\c"), "a,b\\c");
+    }
+
+    #[test]
+    fn mount_specs() {
+        let m = |s: &str| parse_binds(&[], &[s.to_string()]);
+        let b = m("type=bind,source=/tmp,destination=/data,readonly").unwrap();
+        assert_eq!((b[0].src.as_slice(), b[0].dst.as_slice()), (&b"/tmp"[..], &b"/data"[..]));
+        assert!(b[0].readonly);
+        let b = m("type=bind,src=/tmp,target=/d,ro=false").unwrap();
+        assert!(!b[0].readonly);
+        for (bad, why) in [
+            ("type=volume,source=x,destination=/d", "only type=bind"),
+            ("type=bind,source=/tmp", "needs source= and destination="),
+            ("type=bind,source=/tmp,destination=/d,bind-propagation=shared", "unknown field"),
+            ("type=bind,source=/tmp,destination=/d,readonly=maybe", "readonly=maybe"),
+        ] {
+            let e = m(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -53,6 +53,9 @@ pub struct RunOpts {
     /// Bind a host path: SRC[:DST[:ro|rw]], comma-separated lists allowed
     #[arg(short = 'B', long = "bind", value_name = "SPEC", env = "HUSK_BIND")]
     pub bind: Vec<String>,
+    /// Bind as Docker does: type=bind,source=SRC,destination=DST[,readonly]
+    #[arg(long, value_name = "SPEC")]
+    pub mount: Vec<String>,
     /// Start in DIR inside the container (an error if it does not exist)
     #[arg(long, value_name = "DIR", env = "HUSK_PWD")]
     pub pwd: Option<String>,

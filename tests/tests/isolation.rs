@@ -376,3 +376,40 @@ fn containall_contains_cleans_the_environment_and_isolates_pid_and_ipc() {
         assert_ne!(lines[3], host_ipc.to_string_lossy(), "{how}: the host's IPC namespace");
     }
 }
+
+#[test]
+fn mount_and_escaped_binds_reach_the_container() {
+    let Some(img) = fixture() else { return };
+    let e = env().unwrap();
+    let src = e.work.join("mount-src");
+    sh(&format!(
+        "rm -rf {0} && mkdir -p {0} && echo data > {0}/f && chown -R {1}: {0}",
+        src.display(),
+        e.user
+    ));
+    let s = src.to_string_lossy().into_owned();
+    // Docker's --mount: a destination the image lacks, read-only.
+    let spec = format!("type=bind,source={s},destination=/no/such/place,readonly");
+    let r = husk(&[
+        "exec",
+        "--mount",
+        &spec,
+        &img,
+        "sh",
+        "-c",
+        "cat /no/such/place/f; touch /no/such/place/g",
+    ])
+    .run();
+    assert_eq!(r.stdout, "data\n", "{}", r.stderr);
+    assert!(r.stderr.contains("Read-only file system"), "{}", r.stderr);
+    let spec = format!("type=bind,src={s},target=/rw");
+    let r = husk(&["exec", "--mount", &spec, &img, "touch", "/rw/g"]).run();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(src.join("g").exists());
+    // -B with an escaped comma and colon in the destination.
+    let spec = format!("{s}:/odd\\,name\\:here:ro");
+    let r = husk(&["exec", "-B", &spec, &img, "cat", "/odd,name:here/f"]).run();
+    assert_eq!((r.code, r.stdout.as_str()), (0, "data\n"), "{}", r.stderr);
+    let r = husk(&["exec", "--mount", "type=volume,source=x,destination=/d", &img, "true"]).run();
+    assert_one_line_error(&r, "only type=bind");
+}
