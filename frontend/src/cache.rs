@@ -44,11 +44,13 @@ pub struct Lock {
 }
 
 pub fn lock(path: &Path) -> Result<Lock> {
+    // In charge before it exists, so that an interrupted pull leaves none.
+    // (A waiter interrupted meanwhile may remove the file another process
+    // holds; a third may then do the same work at once, which the renames
+    // into place make harmless.)
+    let scratch = crate::scratch::Scratch::new(path.to_path_buf());
     let file = File::create(path).with_context(|| format!("cache lock {}", path.display()))?;
     file.lock().with_context(|| format!("cache lock {}", path.display()))?;
-    // Only once held: a waiter that is interrupted must not remove the file
-    // another process holds.
-    let scratch = crate::scratch::Scratch::new(path.to_path_buf());
     Ok(Lock { _path: scratch, _file: file })
 }
 

@@ -17,7 +17,8 @@ use std::process::ExitCode;
 pub enum Action {
     Exec(Vec<String>),
     Run(Vec<String>),
-    Shell,
+    /// The shell, with these arguments (`husk shell IMAGE -c 'cmd'`).
+    Shell(Vec<String>),
 }
 
 /// The start of every wrapper: source Apptainer's environment scripts as
@@ -85,11 +86,18 @@ fn run_argv(img: &ImageInfo, args: &[String]) -> Vec<String> {
     v
 }
 
-fn shell_argv(shell: Option<&OsStr>) -> Vec<Vec<u8>> {
-    match shell {
+fn shell_argv(shell: Option<&OsStr>, args: &[String]) -> Vec<Vec<u8>> {
+    let mut argv = match shell {
         Some(s) if !s.is_empty() => vec![s.as_bytes().to_vec()],
-        _ => wrapper(SHELL_MAIN, "husk-shell", &[]).into_iter().map(String::into_bytes).collect(),
-    }
+        _ => {
+            return wrapper(SHELL_MAIN, "husk-shell", args)
+                .into_iter()
+                .map(String::into_bytes)
+                .collect()
+        }
+    };
+    argv.extend(args.iter().map(|a| a.as_bytes().to_vec()));
+    argv
 }
 
 /// A normal absolute path in the container: no `.`/`..`, no doubled or trailing `/`.
@@ -265,8 +273,12 @@ fn home_bind(opts: &RunOpts, home: Vec<u8>) -> Result<Option<Bind>> {
         (Some(spec), false) => {
             let (src, dst) = spec.split_once(':').unwrap_or((spec, spec));
             let src = host_source("--home", src)?;
+            if !src.is_dir() {
+                bail!("--home {spec}: {} is not a directory", src.display());
+            }
             let dst = container_path("--home", dst)?;
-            if dst == b"/" || dst.iter().any(|&b| b == b':' || b == b'\n') {
+            let system = SYSTEM_DIRS.iter().any(|d| is_under(&dst, d.as_bytes()));
+            if dst == b"/" || system || dst.iter().any(|&b| b == b':' || b == b'\n') {
                 bail!("--home {spec}: not a usable home directory inside the container");
             }
             Ok(Some(Bind { src: src.as_os_str().as_bytes().to_vec(), dst, readonly: false }))
@@ -319,7 +331,7 @@ pub fn build_request(opts: &RunOpts, img: &ImageInfo, action: Action) -> Result<
         }
         Action::Exec(cmd) => cmd.into_iter().map(String::into_bytes).collect(),
         Action::Run(args) => run_argv(img, &args).into_iter().map(String::into_bytes).collect(),
-        Action::Shell => shell_argv(std::env::var_os("HUSK_SHELL").as_deref()),
+        Action::Shell(args) => shell_argv(std::env::var_os("HUSK_SHELL").as_deref(), &args),
     };
     let mut env = environment.entries();
     if argv.get(2).is_some_and(|s| s.starts_with(ENV_PROLOGUE.as_bytes())) {
@@ -335,10 +347,12 @@ pub fn build_request(opts: &RunOpts, img: &ImageInfo, action: Action) -> Result<
     };
     let mut binds = parse_binds(&opts.bind, &opts.mount)?;
     // -W: /tmp and /var/tmp from the work directory; --contain alone:
-    // fresh ones.
+    // fresh ones. (They do not hide the current directory: it is bound
+    // over them, as over the host's.)
+    let mut tmp_binds = Vec::new();
     for (name, dst) in [("tmp", &b"/tmp"[..]), ("var_tmp", b"/var/tmp")] {
         if let Some(src) = workdir_sub(opts, name)? {
-            binds.push(Bind { src, dst: dst.to_vec(), readonly: false });
+            tmp_binds.push(Bind { src, dst: dst.to_vec(), readonly: false });
         }
     }
     let fresh_tmp = opts.contain && opts.workdir.is_none();
@@ -366,6 +380,31 @@ pub fn build_request(opts: &RunOpts, img: &ImageInfo, action: Action) -> Result<
             (c, false)
         }
     };
+    // Mount points inside the work directory's /tmp and /var/tmp are made
+    // here, by the caller, in the caller's own directory: the starter never
+    // creates anything inside a host bind.
+    for b in &binds {
+        for t in tmp_binds.iter().filter(|t| is_under(&b.dst, &t.dst) && b.dst != t.dst) {
+            let inside = [&t.src[..], &b.dst[t.dst.len()..]].concat();
+            let inside = Path::new(OsStr::from_bytes(&inside));
+            let made = if Path::new(OsStr::from_bytes(&b.src)).is_dir() {
+                std::fs::create_dir_all(inside)
+            } else {
+                inside.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|_| {
+                    std::fs::OpenOptions::new().create(true).append(true).open(inside).map(drop)
+                })
+            };
+            made.map_err(|e| {
+                anyhow!("--workdir: make {}: {}", inside.display(), crate::describe(&e))
+            })?;
+        }
+    }
+    binds.extend(tmp_binds);
+    // Shallowest first: nothing is mounted over what lies inside it.
+    binds.sort_by_key(|b| b.dst.split(|&c| c == b'/').filter(|c| !c.is_empty()).count());
+    // The shell's idea of the current directory, inside.
+    env.retain(|e| !e.starts_with(b"PWD="));
+    env.push([&b"PWD="[..], &cwd].concat());
     Ok(Request {
         image: husk_protocol::Image { path, kind: img.kind },
         argv,

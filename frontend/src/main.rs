@@ -51,7 +51,7 @@ struct Cli {
 #[derive(Args, Clone, Default)]
 pub struct RunOpts {
     /// Bind a host path: SRC[:DST[:ro|rw]], comma-separated lists allowed
-    #[arg(short = 'B', long = "bind", value_name = "SPEC", env = "HUSK_BIND")]
+    #[arg(short = 'B', long = "bind", value_name = "SPEC")]
     pub bind: Vec<String>,
     /// Bind as Docker does: type=bind,source=SRC,destination=DST[,readonly]
     #[arg(long, value_name = "SPEC")]
@@ -123,6 +123,19 @@ impl RunOpts {
     /// The options --compat and --containall stand for, spelled out.
     pub fn expanded(&self) -> RunOpts {
         let mut o = self.clone();
+        // Binds from the environment come on top of -B, as Apptainer adds
+        // its own variables' binds (which Apptainer users have set).
+        for var in [
+            "HUSK_BIND",
+            "APPTAINER_BIND",
+            "APPTAINER_BINDPATH",
+            "SINGULARITY_BIND",
+            "SINGULARITY_BINDPATH",
+        ] {
+            if let Some(v) = std::env::var(var).ok().filter(|v| !v.is_empty()) {
+                o.bind.push(v);
+            }
+        }
         if o.compat {
             o.containall = true;
             o.writable_tmpfs = true;
@@ -149,7 +162,6 @@ enum Command {
         #[arg(
             required = true,
             trailing_var_arg = true,
-            allow_hyphen_values = true,
             num_args = 1..,
             value_name = "IMAGE COMMAND [ARGS]"
         )]
@@ -163,7 +175,6 @@ enum Command {
         #[arg(
             required = true,
             trailing_var_arg = true,
-            allow_hyphen_values = true,
             num_args = 1..,
             value_name = "IMAGE [ARGS]"
         )]
@@ -173,7 +184,9 @@ enum Command {
     Shell {
         #[command(flatten)]
         opts: RunOpts,
-        image: String,
+        /// The image, then arguments for the shell (e.g. -c 'echo hi')
+        #[arg(required = true, trailing_var_arg = true, num_args = 1.., value_name = "IMAGE [ARGS]")]
+        rest: Vec<String>,
     },
     /// Show an image's metadata and what `run` would do
     Inspect {
@@ -377,6 +390,20 @@ fn real_main() -> Result<ExitCode> {
             e.print()?;
             return Ok(ExitCode::from(255));
         }
+        Err(e) if e.kind() == clap::error::ErrorKind::UnknownArgument => {
+            use clap::error::{ContextKind, ContextValue};
+            let arg = match e.get(ContextKind::InvalidArg) {
+                Some(ContextValue::String(a)) => a.clone(),
+                _ => "?".into(),
+            };
+            let cmd = std::env::args().nth(1).unwrap_or_default();
+            let hint = if ["exec", "run", "shell"].contains(&cmd.as_str()) {
+                "husk's options go before IMAGE; "
+            } else {
+                ""
+            };
+            anyhow::bail!("{cmd}: unknown option {arg} ({hint}see husk {cmd} --help)");
+        }
         Err(e) => {
             // clap's message, up to the usage, on one line.
             let text = e.render().to_string();
@@ -404,7 +431,10 @@ fn real_main() -> Result<ExitCode> {
             let (image, args) = image_and_args("run", rest)?;
             launch::exec(&opts, &image, launch::Action::Run(args))
         }
-        Command::Shell { opts, image } => launch::exec(&opts, &image, launch::Action::Shell),
+        Command::Shell { opts, rest } => {
+            let (image, args) = image_and_args("shell", rest)?;
+            launch::exec(&opts, &image, launch::Action::Shell(args))
+        }
         Command::Inspect { json, arch, insecure, image } => {
             launch::inspect(&image, json, arch.as_deref(), insecure).map(|_| ExitCode::SUCCESS)
         }

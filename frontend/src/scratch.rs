@@ -59,8 +59,18 @@ fn watch_signals() {
     let Ok(rx) = crate::sys::catch_signals(&sigs) else { return };
     std::thread::spawn(move || {
         let sig = crate::sys::next_signal(&rx);
-        for p in live().drain(..) {
-            let _ = std::fs::remove_file(p);
+        // Held until the process ends: nothing is taken in charge after
+        // this sweep, and callers take charge of a file before making it.
+        let held = live();
+        // Twice: a file taken in charge just before may be made just after
+        // the first sweep (nothing new can be taken in charge meanwhile).
+        for pass in 0..2 {
+            if pass == 1 {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            for p in held.iter() {
+                let _ = std::fs::remove_file(p);
+            }
         }
         crate::sys::die_of(sig)
     });

@@ -130,24 +130,10 @@ pub fn build(req: &Request, caller: &Caller, objs: Objects, conf: &Config) -> Re
         }
     }
     sys::unshare(flags).ctx(|| "unshare namespaces".into())?;
-    if ns.pid {
-        // From here on, the namespace's PID 1 builds the container.
-        crate::pidns::enter(caller)?;
-    }
     sys::mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None)
         .ctx(|| "make / private".into())?;
     sys::umask(0);
     stage()?;
-    if let Some(name) = &req.hostname {
-        sys::sethostname(name).ctx(|| "set the host name".into())?;
-    }
-    if ns.net {
-        sys::loopback_up().ctx(|| "bring up lo in the new network namespace".into())?;
-    }
-    binds.extend(made_here(req, &objs, caller, own_dev)?);
-    // /proc, /sys, /dev first, then what lies under them, shallowest first.
-    binds.sort_by_key(|d| system_rank(&d.dst));
-    binds.extend(rest);
     match image_tree {
         Some((t, probe)) => {
             refuse_inner_mounts(probe, &req.image.path)?;
@@ -157,6 +143,24 @@ pub fn build(req: &Request, caller: &Caller, objs: Objects, conf: &Config) -> Re
         }
         None => attach_squashfs(&objs.image, conf)?,
     }
+    if ns.pid {
+        // From here on, the namespace's PID 1 builds the container. (Not
+        // before the probe above: a copy of its fd in the starter would
+        // make it look busy.)
+        crate::pidns::enter(caller)?;
+    }
+    if let Some(name) = &req.hostname {
+        sys::sethostname(name).ctx(|| "set the host name".into())?;
+    }
+    if ns.net {
+        sys::loopback_up().ctx(|| "bring up lo in the new network namespace".into())?;
+    }
+    let (made, own_devs) = made_here(req, &objs, caller, own_dev)?;
+    binds.extend(made);
+    binds.extend(rest);
+    // Shallowest first, so that nothing is mounted over what lies inside
+    // it; among equals, in the order above (the system mounts first).
+    binds.sort_by_key(|d| d.dst.split(|&b| b == b'/').filter(|c| !c.is_empty()).count());
     sys::mount(
         Some(c"overlay"),
         ROOT,
@@ -168,6 +172,7 @@ pub fn build(req: &Request, caller: &Caller, objs: Objects, conf: &Config) -> Re
     let root = sys::open(ROOT, libc::O_PATH | libc::O_DIRECTORY).ctx(|| "open root".into())?;
     let tree = Tree {
         overlay_dev: sys::fstat(root.as_fd()).ctx(|| "stat root".into())?.st_dev,
+        own_devs,
         root,
         caller,
     };
@@ -243,18 +248,16 @@ fn stage() -> Result<()> {
     Ok(())
 }
 
-/// Where /proc, /sys and /dev go among the first mounts (stable sort).
-fn system_rank(dst: &[u8]) -> usize {
-    [&b"/proc"[..], b"/sys", b"/dev"].iter().position(|d| *d == dst).unwrap_or(3)
-}
-
-/// A tmpfs mounted at `at` in the staging area, detached for `dst`.
-fn fresh_tmpfs(at: &CStr, dst: &[u8], opts: &CStr) -> Result<Detached> {
+/// A tmpfs mounted at `at` in the staging area, detached for `dst`; and
+/// its device number.
+fn fresh_tmpfs(at: &CStr, dst: &[u8], opts: &CStr) -> Result<(Detached, libc::dev_t)> {
     let what = || format!("tmpfs for {}", show(dst));
     sys::mount(Some(c"husk"), at, Some(c"tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some(opts))
         .ctx(what)?;
     let fd = sys::open(at, libc::O_PATH | libc::O_DIRECTORY).ctx(what)?;
-    detach(fd.as_fd(), dst, true, false, sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV)
+    let dev = sys::fstat(fd.as_fd()).ctx(what)?.st_dev;
+    let attrs = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
+    Ok((detach(fd.as_fd(), dst, true, false, attrs)?, dev))
 }
 
 /// A new instance of the kernel filesystem `fstype` (proc, sysfs), mounted
@@ -276,7 +279,7 @@ fn made_here(
     objs: &Objects,
     caller: &Caller,
     own_dev: bool,
-) -> Result<Vec<Detached>> {
+) -> Result<(Vec<Detached>, Vec<libc::dev_t>)> {
     let mut v = Vec::new();
     // procfs and sysfs show the PID and network namespaces of whoever
     // mounts them: PID 1 here, in the container's network namespace.
@@ -289,16 +292,23 @@ fn made_here(
     if own_dev && objs.dev.is_some() {
         v.push(minimal_dev()?);
     }
+    let mut devs = Vec::new();
+    let mut tmpfs = |at: &CStr, dst: &[u8], opts: &CStr| -> Result<()> {
+        let (d, dev) = fresh_tmpfs(at, dst, opts)?;
+        v.push(d);
+        devs.push(dev);
+        Ok(())
+    };
     if req.fresh_tmp {
-        v.push(fresh_tmpfs(c"/tmp/t-tmp", b"/tmp", c"mode=1777")?);
-        v.push(fresh_tmpfs(c"/tmp/t-vartmp", b"/var/tmp", c"mode=1777")?);
+        tmpfs(c"/tmp/t-tmp", b"/tmp", c"mode=1777")?;
+        tmpfs(c"/tmp/t-vartmp", b"/var/tmp", c"mode=1777")?;
     }
     if let Some(home) = &req.fresh_home {
         let opts = CString::new(format!("mode=0700,uid={},gid={}", caller.uid, caller.gid))
             .map_err(|_| Error::new("home tmpfs options"))?;
-        v.push(fresh_tmpfs(c"/tmp/t-home", home, &opts)?);
+        tmpfs(c"/tmp/t-home", home, &opts)?;
     }
-    Ok(v)
+    Ok((v, devs))
 }
 
 /// A /dev of the container's own: the harmless character devices, a new
@@ -435,6 +445,9 @@ fn attach_loop(img: &Image, max: u32) -> Result<(OwnedFd, CString)> {
 struct Tree<'a> {
     root: OwnedFd,
     overlay_dev: libc::dev_t,
+    /// The tmpfs the starter made (--contain's /tmp, /var/tmp and home):
+    /// mount points may be made in them too.
+    own_devs: Vec<libc::dev_t>,
     caller: &'a Caller,
 }
 
@@ -443,8 +456,10 @@ fn kind(st: &sys::Stat) -> libc::mode_t {
 }
 
 impl Tree<'_> {
+    /// Is `dir` in the overlay or a tmpfs of the starter's, not a host bind?
     fn on_overlay(&self, dir: BorrowedFd<'_>) -> Result<bool> {
-        Ok(sys::fstat(dir).ctx(|| "stat mount target".into())?.st_dev == self.overlay_dev)
+        let dev = sys::fstat(dir).ctx(|| "stat mount target".into())?.st_dev;
+        Ok(dev == self.overlay_dev || self.own_devs.contains(&dev))
     }
 
     /// Open `path` inside the container as a mount target of the wanted
@@ -490,6 +505,10 @@ impl Tree<'_> {
                     } else if k == libc::S_IFDIR {
                         return Err(Error::new(format!(
                             "mount target {p}: is a directory, the source is a file"
+                        )));
+                    } else if last && k == libc::S_IFREG {
+                        return Err(Error::new(format!(
+                            "mount target {p}: is a file, the source is a directory"
                         )));
                     } else if on_overlay {
                         sys::unlinkat(cur.as_fd(), &name, 0)

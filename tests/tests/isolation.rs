@@ -124,7 +124,7 @@ fn hostname_sets_the_containers_name_only() {
     assert_ne!(lines.next().unwrap_or(""), host_uts.to_string_lossy());
     assert_eq!(std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap(), host);
     for bad in ["bad_name", "-x", "a..b", &"x".repeat(65)] {
-        let r = husk(&["exec", "--hostname", bad, &img, "true"]).run();
+        let r = husk(&["exec", &format!("--hostname={bad}"), &img, "true"]).run();
         assert_one_line_error(&r, "--hostname");
     }
 }
@@ -412,4 +412,93 @@ fn mount_and_escaped_binds_reach_the_container() {
     assert_eq!((r.code, r.stdout.as_str()), (0, "data\n"), "{}", r.stderr);
     let r = husk(&["exec", "--mount", "type=volume,source=x,destination=/d", &img, "true"]).run();
     assert_one_line_error(&r, "only type=bind");
+}
+
+#[test]
+fn pid_namespaces_work_for_directory_images_every_time() {
+    if env().is_none() {
+        return;
+    }
+    let Some(dir) = image(Kind::Dir) else { return };
+    let dir = dir.to_string_lossy().into_owned();
+    // (A starter-side copy of the directory probe once made it look busy,
+    // about one start in four.)
+    for i in 0..20 {
+        let r = husk(&["exec", "-p", &dir, "sh", "-c", "echo $$"]).run();
+        assert_eq!((r.code, r.stdout.as_str()), (0, "2\n"), "run {i}: {}", r.stderr);
+    }
+}
+
+#[test]
+fn binds_land_inside_fresh_and_workdir_tmp_and_pwd_follows() {
+    let Some(img) = fixture() else { return };
+    let e = env().unwrap();
+    let base = e.work.join("tmp-binds");
+    sh(&format!(
+        "rm -rf {0} && mkdir -p {0}/src {0}/w && echo in-src > {0}/src/f && chown -R {1}: {0}",
+        base.display(),
+        e.user
+    ));
+    let src = base.join("src").to_string_lossy().into_owned();
+    let w = base.join("w").to_string_lossy().into_owned();
+    // Into --contain's fresh /tmp, and a home there.
+    let spec = format!("{src}:/tmp/in");
+    let r = husk(&["exec", "-c", "-B", &spec, &img, "cat", "/tmp/in/f"]).run();
+    assert_eq!((r.code, r.stdout.as_str()), (0, "in-src\n"), "{}", r.stderr);
+    let home = format!("{src}:/tmp/home");
+    let r = husk(&["exec", "-c", "-H", &home, &img, "sh", "-c", "cat ~/f"]).run();
+    assert_eq!((r.code, r.stdout.as_str()), (0, "in-src\n"), "{}", r.stderr);
+    // Into -W's /tmp; and the current directory under the host's /tmp is
+    // still where it was.
+    let r = husk(&["exec", "-W", &w, "-B", &spec, &img, "cat", "/tmp/in/f"]).run();
+    assert_eq!((r.code, r.stdout.as_str()), (0, "in-src\n"), "{}", r.stderr);
+    let cwd = std::path::Path::new("/tmp").join(format!("husk-cwd-{}", std::process::id()));
+    sh(&format!("mkdir -p {0} && chown {1}: {0}", cwd.display(), e.user));
+    let r = husk(&["exec", "-W", &w, &img, "sh", "-c", "pwd; echo $PWD"]).cwd(&cwd).run();
+    let want = format!("{0}\n{0}\n", cwd.display());
+    assert_eq!((r.code, r.stdout.as_str()), (0, want.as_str()), "{}", r.stderr);
+    let r = husk(&["exec", "--pwd", "/", &img, "sh", "-c", "echo $PWD"]).cwd(&cwd).run();
+    assert_eq!(r.stdout, "/\n", "PWD follows --pwd");
+    sh(&format!("rm -rf {}", cwd.display()));
+    // Inside the host's /tmp the starter makes nothing: one clear line.
+    let r = husk(&["exec", "-H", &home, &img, "true"]).run();
+    assert_one_line_error(&r, "/tmp/home");
+}
+
+#[test]
+fn option_forms_users_type_are_understood() {
+    let Some(img) = fixture() else { return };
+    let e = env().unwrap();
+    let d = e.work.join("forms");
+    sh(&format!(
+        "rm -rf {0} && mkdir -p {0} && echo f > {0}/f && chown -R {1}: {0}",
+        d.display(),
+        e.user
+    ));
+    let ds = d.to_string_lossy().into_owned();
+    // An attached short option value.
+    let r = husk(&["exec", &format!("-B{ds}:/m"), &img, "cat", "/m/f"]).run();
+    assert_eq!((r.code, r.stdout.as_str()), (0, "f\n"), "{}", r.stderr);
+    // Binds from the environment add to -B, Apptainer's variables too.
+    for var in ["HUSK_BIND", "APPTAINER_BIND", "SINGULARITY_BINDPATH"] {
+        let r = husk(&["exec", "-B", &format!("{ds}:/m2"), &img, "cat", "/m1/f", "/m2/f"])
+            .env(var, &format!("{ds}:/m1"))
+            .run();
+        assert_eq!((r.code, r.stdout.as_str()), (0, "f\nf\n"), "{var}: {}", r.stderr);
+    }
+    // shell passes what follows IMAGE to the shell.
+    let r = husk(&["shell", &img, "-c", "echo shell-args"]).run();
+    assert_eq!((r.code, r.stdout.as_str()), (0, "shell-args\n"), "{}", r.stderr);
+    // Options after IMAGE belong to the command.
+    let r = husk(&["exec", &img, "sh", "-c", "echo $0", "-c"]).run();
+    assert_eq!(r.stdout, "-c\n", "{}", r.stderr);
+    let r = husk(&["exec", "--no-such", &img, "true"]).run();
+    assert_one_line_error(&r, "unknown option --no-such");
+    // Mistakes about homes and mount targets.
+    let r = husk(&["exec", "-H", &format!("{ds}/f"), &img, "true"]).run();
+    assert_one_line_error(&r, "is not a directory");
+    let r = husk(&["exec", "-H", &format!("{ds}:/etc"), &img, "true"]).run();
+    assert_one_line_error(&r, "not a usable home directory");
+    let r = husk(&["exec", "-B", &format!("{ds}:/bin/sh"), &img, "true"]).run();
+    assert_one_line_error(&r, "is a file, the source is a directory");
 }
