@@ -3,6 +3,7 @@
 
 use crate::error::{Context, Error, Result};
 use crate::sys;
+use std::os::fd::AsFd;
 
 /// The caller, as the kernel reports it at entry. Never taken from the request.
 pub struct Caller {
@@ -11,6 +12,9 @@ pub struct Caller {
     pub groups: Vec<u32>,
     pub umask: u32,
     pub signals: sys::SignalState,
+    /// The directory husk was started in (`st_dev`, `st_ino`), if it could
+    /// be looked at: the one bind `user bind control = no` still allows.
+    pub cwd: Option<(u64, u64)>,
 }
 
 pub fn sanitize() -> Result<Caller> {
@@ -28,6 +32,10 @@ pub fn sanitize() -> Result<Caller> {
     sys::clearenv();
     let umask = sys::umask(0o077);
     let signals = sys::reset_signals().ctx(|| "reset signals".into())?;
+    let cwd = sys::open(c".", libc::O_PATH | libc::O_DIRECTORY)
+        .and_then(|d| sys::fstat(d.as_fd()))
+        .ok()
+        .map(|st| (st.st_dev, st.st_ino));
     sys::chdir(c"/").ctx(|| "chdir /".into())?;
     sys::close_from(sys::REQUEST_FD as u32 + 1).ctx(|| "close inherited fds".into())?;
     // A non-interactive run gets no controlling terminal (TIOCSTI, attack class 19).
@@ -36,7 +44,7 @@ pub fn sanitize() -> Result<Caller> {
     }
     sys::set_no_new_privs().ctx(|| "set no_new_privs".into())?;
     sys::set_not_dumpable().ctx(|| "set not dumpable".into())?;
-    Ok(Caller { uid: ruid, gid: rgid, groups, umask, signals })
+    Ok(Caller { uid: ruid, gid: rgid, groups, umask, signals, cwd })
 }
 
 /// Run `f` with the caller's filesystem uid and gid and no effective
@@ -56,5 +64,8 @@ pub fn as_caller<T>(caller: &Caller, f: impl FnOnce() -> Result<T>) -> Result<T>
     // setfsuid(0) needs CAP_SETUID: capabilities first.
     sys::set_effective_capabilities(true).ctx(|| "restore effective capabilities".into())?;
     sys::set_fs_ids(0, 0).ctx(|| "switch back from caller's fs ids".into())?;
+    // The credentials changed: a PID namespace's first process must be
+    // tied to the starter again.
+    crate::pidns::keep_tied()?;
     r
 }

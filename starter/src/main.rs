@@ -78,12 +78,6 @@ fn check_policy(
         let image = error::show(&req.image.path);
         return deny(format!("image {image}: format {name}"), "allowed image formats");
     }
-    // The current directory's bind (same path, the start directory) is
-    // husk's own, not the user's.
-    let cwd_bind = |b: &husk_protocol::Bind| b.src == b.dst && b.dst == req.cwd;
-    if let Some(b) = req.binds.iter().find(|b| !cwd_bind(b)).filter(|_| !conf.user_bind_control) {
-        return deny(format!("--bind {}", error::show(&b.src)), "user bind control");
-    }
     let ns = &req.namespaces;
     let asked = [
         (ns.pid, conf.allow_pid_ns, "--pid", "allow pid namespace"),

@@ -60,6 +60,92 @@ fn open_failed(what: String, e: io::Error) -> Error {
     }
 }
 
+/// Directories husk never binds as the start directory (as the frontend
+/// never does), whatever the request says.
+const SYSTEM_DIRS: &[&[u8]] = &[
+    b"/bin", b"/boot", b"/dev", b"/etc", b"/lib", b"/lib32", b"/lib64", b"/libx32", b"/proc",
+    b"/root", b"/run", b"/sbin", b"/sys", b"/usr", b"/var",
+];
+
+/// Is `b` husk's bind of the directory it was started in (which `user bind
+/// control = no` still allows)? Only the very directory the caller ran
+/// husk from — the same inode — at the same path, that path the start
+/// directory, and never a system directory.
+fn is_cwd_bind(req: &Request, caller: &Caller, b: &Bind, s: &Source) -> Result<bool> {
+    let system = SYSTEM_DIRS.iter().any(|d| config::is_beneath(&b.dst, d))
+        && !config::is_beneath(&b.dst, b"/var/tmp");
+    if b.src != b.dst || b.dst != req.cwd || system || b.dst == b"/" {
+        return Ok(false);
+    }
+    let st = sys::fstat(s.fd.as_fd()).ctx(|| format!("bind source {}", show(&b.src)))?;
+    Ok(caller.cwd == Some((st.st_dev, st.st_ino)))
+}
+
+/// Read exactly `buf.len()` bytes at `at`; false at the end of the file.
+fn pread_exact(fd: BorrowedFd<'_>, buf: &mut [u8], at: u64) -> io::Result<bool> {
+    let mut done = 0;
+    while done < buf.len() {
+        match sys::pread(fd, &mut buf[done..], at + done as u64)? {
+            0 => return Ok(false),
+            n => done += n,
+        }
+    }
+    Ok(true)
+}
+
+/// For a SIF, the extent the request names must be the file's primary
+/// system partition as the file's own descriptor table says: otherwise any
+/// bytes of an allowed file (another partition, a squashfs inside some
+/// archive) could be mounted, and `allowed image formats` told apart from
+/// nothing. A small fixed-layout read: the header (magic at byte 32,
+/// descriptor count at 88, table offset at 96) and 585-byte descriptors
+/// (type, used flag, offset, size, partition's filesystem and kind).
+fn check_sif_extent(fd: BorrowedFd<'_>, offset: u64, size: u64) -> std::result::Result<(), String> {
+    const DESCRIPTOR: usize = 585;
+    const MAX_DESCRIPTORS: u64 = 4096;
+    let le64 = |b: &[u8], at: usize| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&b[at..at + 8]);
+        i64::from_le_bytes(a)
+    };
+    let le32 = |b: &[u8], at: usize| {
+        let mut a = [0u8; 4];
+        a.copy_from_slice(&b[at..at + 4]);
+        i32::from_le_bytes(a)
+    };
+    let io = |e: io::Error| format!("read SIF: {e}");
+    let mut h = [0u8; 128];
+    if !pread_exact(fd, &mut h, 0).map_err(io)? || &h[32..42] != b"SIF_MAGIC\0" {
+        return Err("not a SIF file".into());
+    }
+    let (count, table) = (le64(&h, 88), le64(&h, 96));
+    let (Ok(count), Ok(table)) = (u64::try_from(count), u64::try_from(table)) else {
+        return Err("bad SIF header".into());
+    };
+    if count > MAX_DESCRIPTORS {
+        return Err("bad SIF header".into());
+    }
+    let mut d = [0u8; DESCRIPTOR];
+    for i in 0..count {
+        let at = table.checked_add(i * DESCRIPTOR as u64).ok_or("bad SIF header")?;
+        if !pread_exact(fd, &mut d, at).map_err(io)? {
+            return Err("truncated SIF descriptor table".into());
+        }
+        let primary = d[4] != 0 && le32(&d, 0) == 0x4004 && le32(&d, 205) == 2;
+        if primary {
+            let fits = le32(&d, 201) == 1
+                && u64::try_from(le64(&d, 17)) == Ok(offset)
+                && u64::try_from(le64(&d, 25)) == Ok(size);
+            return if fits {
+                Ok(())
+            } else {
+                Err("the extent asked for is not the SIF's primary squashfs partition".into())
+            };
+        }
+    }
+    Err("SIF has no primary partition".into())
+}
+
 /// The admin's limits on images, checked on the opened file: its owner, its
 /// group and where it really is (the kernel's path of the fd, so that no
 /// symlink or `..` in the request gets round a limit).
@@ -104,6 +190,10 @@ fn open_image(req: &Request, conf: &Config) -> Result<Image> {
     let end = offset.checked_add(size);
     if size == 0 || end.is_none_or(|end| end > st.st_size as u64) {
         return Err(Error::new(format!("{}: squashfs partition lies outside the file", what())));
+    }
+    if let ImageKind::Sif { .. } = req.image.kind {
+        check_sif_extent(fd.as_fd(), offset, size)
+            .map_err(|e| Error::new(format!("{}: {e}", what())))?;
     }
     let mut magic = [0u8; 4];
     let n = sys::pread(fd.as_fd(), &mut magic, offset).ctx(what)?;
@@ -171,6 +261,17 @@ pub fn open_all(req: &Request, conf: &Config, caller: &Caller) -> Result<Objects
             .collect::<Result<Vec<_>>>()?;
         Ok((image, home, binds))
     })?;
+    if !conf.user_bind_control {
+        for (b, s) in req.binds.iter().zip(&binds) {
+            if !is_cwd_bind(req, caller, b, s)? {
+                return Err(Error::new(format!(
+                    "--bind {}: not allowed by 'user bind control' in {}",
+                    show(&b.src),
+                    config::CONFIG_PATH
+                )));
+            }
+        }
+    }
     let mut etc_files = Vec::new();
     for f in ["/etc/resolv.conf", "/etc/hosts", "/etc/localtime"] {
         etc_files.extend(open_system(f.as_bytes(), f.as_bytes())?);

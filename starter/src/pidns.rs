@@ -51,16 +51,28 @@ fn check_starter(alive: &OwnedFd) -> Result<()> {
     Ok(())
 }
 
-/// After the drop, in PID 1: the kernel forgot the parent-death signal when
-/// the credentials changed; set it again, and make sure the starter did
-/// not end in between.
-pub fn rearm() -> Result<()> {
-    sys::set_parent_death_signal(libc::SIGKILL).ctx(|| "set parent death signal".into())?;
-    let alive = ALIVE.lock().unwrap_or_else(|e| e.into_inner()).take();
-    match alive {
-        Some(a) => check_starter(&a),
-        None => Err(Error::new("PID namespace: no link to the starter")),
+/// In PID 1 while it builds the container (elsewhere a no-op): the kernel
+/// forgets the parent-death signal whenever the credentials change, as they
+/// do for every lookup made as the caller and at the drop. Set it again,
+/// and make sure the starter did not end in between.
+pub fn keep_tied() -> Result<()> {
+    let alive = ALIVE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(a) = alive.as_ref() {
+        sys::set_parent_death_signal(libc::SIGKILL).ctx(|| "set parent death signal".into())?;
+        check_starter(a)?;
     }
+    Ok(())
+}
+
+/// After the drop, in PID 1: tied to the starter one last time; the pipe
+/// is no longer needed.
+pub fn rearm() -> Result<()> {
+    if ALIVE.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
+        return Err(Error::new("PID namespace: no link to the starter"));
+    }
+    keep_tied()?;
+    ALIVE.lock().unwrap_or_else(|e| e.into_inner()).take();
+    Ok(())
 }
 
 /// PID 1 of the container: start the payload as PID 2 and stay as its init.

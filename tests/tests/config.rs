@@ -320,3 +320,28 @@ fn max_loop_devices_bounds_the_devices_a_start_may_use() {
     let r = husk(&["exec", &sif, "true"]).run();
     assert_eq!(r.code, 0, "{}", r.stderr);
 }
+
+#[test]
+fn user_bind_control_no_cannot_be_got_round_with_a_forged_cwd() {
+    let Some(e) = env() else { return };
+    if image(Kind::Sif).is_none() {
+        return;
+    }
+    let _r = edit();
+    write_conf("user bind control = no\nmount proc = no\n");
+    // The raw client runs from the test user's home; a request that claims
+    // another start directory, or a system one, gets no bind of it.
+    let other = e.work.to_string_lossy().into_owned();
+    for dir in ["/etc", "/proc", "/dev", &other] {
+        let mut req = valid_request(&["ls", dir]);
+        req.cwd = dir.as_bytes().to_vec();
+        req.binds.push(husk_protocol::Bind {
+            src: dir.as_bytes().to_vec(),
+            dst: dir.as_bytes().to_vec(),
+            readonly: false,
+        });
+        let r = send(husk_protocol::encode(&req).unwrap());
+        assert_one_line_error(&r, "not allowed by 'user bind control'");
+        assert!(r.stdout.is_empty(), "{dir}: a forged start directory was bound");
+    }
+}

@@ -502,3 +502,52 @@ fn option_forms_users_type_are_understood() {
     let r = husk(&["exec", "-B", &format!("{ds}:/bin/sh"), &img, "true"]).run();
     assert_one_line_error(&r, "is a file, the source is a directory");
 }
+
+/// The pids whose parent is `ppid`.
+fn children_of(ppid: u32) -> Vec<u32> {
+    let mut v = vec![];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let after = stat.rsplit(')').next().unwrap_or("");
+        if after.split_whitespace().nth(1) == Some(&ppid.to_string()) {
+            v.push(pid);
+        }
+    }
+    v
+}
+
+#[test]
+fn a_stopped_pid_namespace_dies_with_a_killed_husk() {
+    let Some(img) = fixture() else { return };
+    let e = env().unwrap();
+    let d = e.work.join("many-binds");
+    sh(&format!("mkdir -p {0} && chown {1}: {0}", d.display(), e.user));
+    // Many binds: a long build, looked up as the caller again and again.
+    let binds: Vec<String> = (0..150).map(|i| format!("{}:/mnt/d{i}", d.display())).collect();
+    let spec = binds.join(",");
+    let mut survivors = vec![];
+    for delay_ms in [2u64, 5, 8, 12, 16, 20, 25, 30, 40, 50] {
+        let mut c = husk(&["exec", "-p", "-B", &spec, &img, "true"]).command();
+        c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        let mut child = c.spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        // As the user could: stop the container's first process, kill husk.
+        let inner = children_of(child.id());
+        for p in &inner {
+            let _ = sh(&format!("kill -STOP {p} 2>/dev/null || true"));
+        }
+        let _ = sh(&format!("kill -KILL {} 2>/dev/null || true", child.id()));
+        let _ = child.wait();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        for p in inner {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            let state = stat.rsplit(')').next().unwrap_or("").split_whitespace().next();
+            if matches!(state, Some(s) if s != "Z") {
+                survivors.push(format!("{delay_ms} ms: {p} {stat}"));
+                let _ = sh(&format!("kill -KILL {p} 2>/dev/null || true"));
+            }
+        }
+    }
+    assert_eq!(survivors, Vec::<String>::new(), "container processes outlived husk");
+}

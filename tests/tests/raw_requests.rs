@@ -73,6 +73,17 @@ fn forged_fields_are_refused() {
     over_root.binds.push(Bind { src: b"/tmp".to_vec(), dst: b"/".to_vec(), readonly: false });
     let mut bad_offset = valid_request(&["id"]);
     bad_offset.image.kind = ImageKind::Sif { offset: 0, size: 4096 };
+    let mut bare_as_sif = valid_request(&["id"]);
+    let sqfs = image(Kind::Squashfs).unwrap();
+    bare_as_sif.image.path = sqfs.to_string_lossy().as_bytes().to_vec();
+    let sqfs_len = std::fs::metadata(&sqfs).unwrap().len();
+    bare_as_sif.image.kind = ImageKind::Sif { offset: 0, size: sqfs_len };
+    // The fixture's partition, less its first 4 KiB: squashfs magic or not,
+    // not what the SIF says.
+    let mut shifted = valid_request(&["id"]);
+    if let ImageKind::Sif { offset, size } = shifted.image.kind {
+        shifted.image.kind = ImageKind::Sif { offset, size: size - 4096 };
+    }
     let mut past_end = valid_request(&["id"]);
     past_end.image.kind = ImageKind::Sif { offset: 45056, size: 1 << 40 };
     let mut host_root = valid_request(&["id"]);
@@ -91,7 +102,9 @@ fn forged_fields_are_refused() {
         ("bind of /etc/shadow", shadow, "not found or not accessible"),
         ("bind of /root", root_dir, "not found or not accessible"),
         ("bind over /", over_root, "container root"),
-        ("offset without squashfs", bad_offset, "no squashfs"),
+        ("offset without squashfs", bad_offset, "not the SIF's primary squashfs partition"),
+        ("a bare squashfs called a SIF", bare_as_sif, "not a SIF file"),
+        ("another extent of the SIF", shifted, "not the SIF's primary squashfs partition"),
         ("partition past the end", past_end, "outside the file"),
         ("host root as image", host_root, "host root"),
         ("/etc/shadow as image", shadow_image, "not found or not accessible"),
