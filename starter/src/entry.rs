@@ -55,8 +55,10 @@ pub fn as_caller<T>(caller: &Caller, f: impl FnOnce() -> Result<T>) -> Result<T>
     if caller.uid == 0 {
         return f();
     }
-    sys::set_effective_capabilities(false).ctx(|| "drop effective capabilities".into())?;
+    // The fs ids first, while CAP_SETUID is still effective (in a PID
+    // namespace's first process the real uid is root too).
     sys::set_fs_ids(caller.uid, caller.gid).ctx(|| "switch to caller's fs ids".into())?;
+    sys::set_effective_capabilities(false).ctx(|| "drop effective capabilities".into())?;
     if sys::get_capabilities().ctx(|| "capget".into())?[0] != 0 {
         return Err(Error::new("effective capabilities were not dropped"));
     }

@@ -241,6 +241,7 @@ fn stage() -> Result<()> {
         (c"t-tmp", 0o755),
         (c"t-vartmp", 0o755),
         (c"t-home", 0o755),
+        (c"t-shm", 0o755),
     ];
     for (name, mode) in dirs {
         sys::mkdirat(stage.as_fd(), name, mode).ctx(|| format!("mkdir staging {name:?}"))?;
@@ -291,6 +292,11 @@ fn made_here(
     }
     if own_dev && objs.dev.is_some() {
         v.push(minimal_dev()?);
+    } else if req.namespaces.ipc && objs.dev.is_some() {
+        // POSIX shared memory lives in /dev/shm: an IPC namespace of its
+        // own gets a /dev/shm of its own over the host's.
+        let (shm, _) = fresh_tmpfs(c"/tmp/t-shm", b"/dev/shm", c"mode=1777")?;
+        v.push(shm);
     }
     let mut devs = Vec::new();
     let mut tmpfs = |at: &CStr, dst: &[u8], opts: &CStr| -> Result<()> {

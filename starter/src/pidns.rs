@@ -25,6 +25,9 @@ pub fn enter(caller: &Caller) -> Result<()> {
     let (alive_r, alive_w) = sys::pipe_nonblocking().ctx(|| "pipe".into())?;
     let child = sys::fork().ctx(|| "fork into the PID namespace".into())?;
     if child == 0 {
+        // Out of the caller's reach while it builds (the caller could stop
+        // a process whose real uid is theirs); the drop gives it back.
+        sys::become_root_entirely().ctx(|| "setresuid".into())?;
         drop(alive_w);
         // Whatever ends the starter ends the container; had it ended
         // before this took effect, the pipe says so.
@@ -90,16 +93,22 @@ pub fn init(req: &Request, caller: &Caller) -> Result<Infallible> {
 /// with `reap_all`, reap every other child that ends meanwhile. The
 /// child's status, as an exit code.
 fn relay(child: libc::pid_t, reap_all: bool) -> i32 {
+    // Signals the child may not be sent yet (it is root until its drop),
+    // tried again every 10 ms until it may.
+    let mut held: Vec<libc::c_int> = Vec::new();
     loop {
-        let (sig, sent) = sys::next_signal();
-        if sig == libc::SIGCHLD {
-            while let Some((pid, status)) = sys::reap(if reap_all { -1 } else { child }) {
-                if pid == child {
-                    return sys::status_code(status);
+        let next = sys::next_signal((!held.is_empty()).then_some(10));
+        held.retain(|&s| !sys::kill(child, s));
+        match next {
+            Some((libc::SIGCHLD, _)) => {
+                while let Some((pid, status)) = sys::reap(if reap_all { -1 } else { child }) {
+                    if pid == child {
+                        return sys::status_code(status);
+                    }
                 }
             }
-        } else if sent {
-            sys::kill(child, sig);
+            Some((sig, true)) if !sys::kill(child, sig) => held.push(sig),
+            _ => {}
         }
     }
 }

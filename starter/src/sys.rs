@@ -648,20 +648,29 @@ pub fn block_all_signals() -> io::Result<()> {
 }
 
 /// The next pending signal and whether a process sent it (kill, sigqueue)
-/// rather than the kernel (a terminal's ^C, a child's exit).
-pub fn next_signal() -> (libc::c_int, bool) {
+/// rather than the kernel (a terminal's ^C, a child's exit); with a
+/// timeout, `None` when none came in time.
+pub fn next_signal(timeout_ms: Option<u64>) -> Option<(libc::c_int, bool)> {
     // SAFETY: `all` is valid sigset_t storage, filled before use.
     let mut all: libc::sigset_t = unsafe { zeroed() };
     // SAFETY: as above.
     unsafe { libc::sigfillset(&mut all) };
+    let ts = timeout_ms.map(|ms| libc::timespec {
+        tv_sec: (ms / 1000) as libc::time_t,
+        tv_nsec: ((ms % 1000) * 1_000_000) as libc::c_long,
+    });
     loop {
         // SAFETY: all-zero is valid siginfo_t storage.
         let mut info: libc::siginfo_t = unsafe { zeroed() };
-        // SAFETY: both pointers are valid for the call.
-        let sig = unsafe { libc::sigwaitinfo(&all, &mut info) };
+        let tp = ts.as_ref().map_or(null(), |t| t as *const libc::timespec);
+        // SAFETY: every pointer is valid for the call (or null: no timeout).
+        let sig = unsafe { libc::sigtimedwait(&all, &mut info, tp) };
         if sig > 0 {
             let sent = matches!(info.si_code, libc::SI_USER | libc::SI_QUEUE | libc::SI_TKILL);
-            return (sig, sent);
+            return Some((sig, sent));
+        }
+        if io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN) {
+            return None;
         }
     }
 }
@@ -683,9 +692,19 @@ pub fn status_code(status: libc::c_int) -> i32 {
     }
 }
 
-pub fn kill(pid: libc::pid_t, sig: libc::c_int) {
-    // SAFETY: integer arguments only; a failure (the child is gone) is harmless.
-    unsafe { libc::kill(pid, sig) };
+/// Send `sig` to `pid`; false only if we may not (yet).
+pub fn kill(pid: libc::pid_t, sig: libc::c_int) -> bool {
+    // SAFETY: integer arguments only.
+    let r = unsafe { libc::kill(pid, sig) };
+    r == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EPERM)
+}
+
+/// Make the real and saved uid root as well (the effective one is): the
+/// caller can then no longer signal this process, e.g. stop it.
+pub fn become_root_entirely() -> io::Result<()> {
+    // SAFETY: integer arguments only.
+    cvt(unsafe { libc::setresuid(0, 0, 0) })?;
+    Ok(())
 }
 
 // ---- identity ------------------------------------------------------------------

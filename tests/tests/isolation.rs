@@ -105,6 +105,19 @@ fn ipc_gives_a_new_ipc_namespace() {
     assert_eq!(inside(&[]), host, "without --ipc the host's");
     assert_ne!(inside(&["--ipc"]), host);
     assert_ne!(inside(&["-i"]), host);
+    // POSIX shared memory too: /dev/shm is the container's own.
+    let marker = format!("husk-shm-{}", std::process::id());
+    sh(&format!("touch /dev/shm/{marker}"));
+    let shm = |args: &[&str]| {
+        let mut a = vec!["exec"];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&[&img, "ls", "/dev/shm"]);
+        husk(&a).run().stdout.lines().any(|l| l == marker)
+    };
+    let (without, with) = (shm(&[]), shm(&["--ipc"]));
+    sh(&format!("rm -f /dev/shm/{marker}"));
+    assert!(without, "without --ipc the host's /dev/shm");
+    assert!(!with, "--ipc shows the host's /dev/shm");
 }
 
 #[test]
@@ -532,12 +545,12 @@ fn a_stopped_pid_namespace_dies_with_a_killed_husk() {
         c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
         let mut child = c.spawn().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        // As the user could: stop the container's first process, kill husk.
+        // As the user: stop the container's first process, kill husk.
         let inner = children_of(child.id());
         for p in &inner {
-            let _ = sh(&format!("kill -STOP {p} 2>/dev/null || true"));
+            let _ = as_user(&["kill", "-STOP", &p.to_string()]).run();
         }
-        let _ = sh(&format!("kill -KILL {} 2>/dev/null || true", child.id()));
+        let _ = as_user(&["kill", "-KILL", &child.id().to_string()]).run();
         let _ = child.wait();
         std::thread::sleep(std::time::Duration::from_millis(100));
         for p in inner {
