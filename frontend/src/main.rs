@@ -352,19 +352,14 @@ fn build(opts: &BuildOpts, dest: &std::path::Path, source: &str) -> Result<()> {
 
 /// Split `IMAGE [--] ARGS...`: everything after the image belongs to the
 /// container, except one `--` right after it.
-/// IMAGE and what follows it. An option clap did not know lands here as
-/// IMAGE: say so rather than look for an image of that name.
-fn image_and_args(cmd: &str, mut rest: Vec<String>) -> Result<(String, Vec<String>)> {
+/// IMAGE and what follows it. (Unknown options never get here: clap
+/// reports them, see `real_main`.)
+fn image_and_args(mut rest: Vec<String>) -> (String, Vec<String>) {
     let image = rest.remove(0);
-    if image.starts_with('-') && image.len() > 1 {
-        anyhow::bail!(
-            "{cmd}: unknown option {image} (husk's options go before IMAGE; see husk {cmd} --help)"
-        );
-    }
     if rest.first().is_some_and(|a| a == "--") {
         rest.remove(0);
     }
-    Ok((image, rest))
+    (image, rest)
 }
 
 /// A lower-case reason without Rust's "(os error N)" suffix.
@@ -421,18 +416,18 @@ fn real_main() -> Result<ExitCode> {
     progress::set_quiet(cli.quiet);
     match cli.cmd {
         Command::Exec { opts, rest } => {
-            let (image, command) = image_and_args("exec", rest)?;
+            let (image, command) = image_and_args(rest);
             if command.is_empty() {
                 anyhow::bail!("exec: no COMMAND after IMAGE ('{image}' was taken as the image)");
             }
             launch::exec(&opts, &image, launch::Action::Exec(command))
         }
         Command::Run { opts, rest } => {
-            let (image, args) = image_and_args("run", rest)?;
+            let (image, args) = image_and_args(rest);
             launch::exec(&opts, &image, launch::Action::Run(args))
         }
         Command::Shell { opts, rest } => {
-            let (image, args) = image_and_args("shell", rest)?;
+            let (image, args) = image_and_args(rest);
             launch::exec(&opts, &image, launch::Action::Shell(args))
         }
         Command::Inspect { json, arch, insecure, image } => {

@@ -249,26 +249,37 @@ fn stage() -> Result<()> {
     Ok(())
 }
 
-/// A tmpfs mounted at `at` in the staging area, detached for `dst`; and
-/// its device number.
-fn fresh_tmpfs(at: &CStr, dst: &[u8], opts: &CStr) -> Result<(Detached, libc::dev_t)> {
-    let what = || format!("tmpfs for {}", show(dst));
-    sys::mount(Some(c"husk"), at, Some(c"tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some(opts))
-        .ctx(what)?;
+/// A new filesystem mounted at `at` in the staging area (`source` names it
+/// in the mount table) and detached for `dst` with the same restrictions;
+/// and its device number.
+fn fresh_fs(
+    (source, fstype): (&CStr, &CStr),
+    at: &CStr,
+    dst: &[u8],
+    flags: libc::c_ulong,
+    opts: Option<&CStr>,
+) -> Result<(Detached, libc::dev_t)> {
+    let what = || format!("mount {} for the container", show(dst));
+    sys::mount(Some(source), at, Some(fstype), flags, opts).ctx(what)?;
     let fd = sys::open(at, libc::O_PATH | libc::O_DIRECTORY).ctx(what)?;
     let dev = sys::fstat(fd.as_fd()).ctx(what)?.st_dev;
-    let attrs = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
+    let mut attrs = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
+    if flags & libc::MS_NOEXEC != 0 {
+        attrs |= sys::MOUNT_ATTR_NOEXEC;
+    }
     Ok((detach(fd.as_fd(), dst, true, false, attrs)?, dev))
 }
 
-/// A new instance of the kernel filesystem `fstype` (proc, sysfs), mounted
-/// at `at` in the staging area and detached for `dst`.
+/// A tmpfs of the starter's for `dst`, and its device number.
+fn fresh_tmpfs(at: &CStr, dst: &[u8], opts: &CStr) -> Result<(Detached, libc::dev_t)> {
+    let flags = libc::MS_NOSUID | libc::MS_NODEV;
+    fresh_fs((c"husk", c"tmpfs"), at, dst, flags, Some(opts))
+}
+
+/// A new instance of the kernel filesystem `fstype` (proc, sysfs) for `dst`.
 fn fresh_kernel_fs(fstype: &CStr, at: &CStr, dst: &[u8]) -> Result<Detached> {
-    let what = || format!("mount {} for the container's namespace", show(dst));
     let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-    sys::mount(Some(fstype), at, Some(fstype), flags, None).ctx(what)?;
-    let fresh = sys::open(at, libc::O_PATH | libc::O_DIRECTORY).ctx(what)?;
-    detach(fresh.as_fd(), dst, true, false, PROC_SYS)
+    Ok(fresh_fs((fstype, fstype), at, dst, flags, None)?.0)
 }
 
 /// What is made in the container's own namespaces rather than taken from
