@@ -416,6 +416,7 @@ pub fn build_request(opts: &RunOpts, img: &ImageInfo, action: Action) -> Result<
         binds,
         identity: ident,
         namespaces: Namespaces {
+            user: opts.userns,
             pid: opts.pid,
             ipc: opts.ipc,
             net: opts.net,
@@ -498,8 +499,39 @@ fn open_image(image: &str, arch: Option<&str>, insecure: bool) -> Result<ImageIn
 
 pub fn exec(opts: &RunOpts, image: &str, action: Action) -> Result<ExitCode> {
     let img = open_image(image, opts.arch.as_deref(), opts.insecure)?;
+    if opts.unsquash && img.kind != husk_protocol::ImageKind::Dir {
+        return run_unsquashed(opts, img, action);
+    }
     let req = build_request(&opts.expanded(), &img, action)?;
     hand_over(&req)
+}
+
+/// `--unsquash`: the image's root extracted (by unsquashfs) into a
+/// temporary directory, which runs as a directory image and is removed
+/// when the container ends. husk stays for that, passing SIGTERM and SIGHUP
+/// on (the terminal's ^C reaches the container by itself).
+fn run_unsquashed(opts: &RunOpts, img: ImageInfo, action: Action) -> Result<ExitCode> {
+    let tmp = crate::unsquash::Unpacked::new(&img)?;
+    let mut dir_img = img;
+    dir_img.path = tmp.root().to_path_buf();
+    dir_img.kind = husk_protocol::ImageKind::Dir;
+    let req = build_request(&opts.expanded(), &dir_img, action)?;
+    let child = sys::fork().context("fork")?;
+    if child == 0 {
+        let err = hand_over(&req).err().map(|e| format!("{e:#}")).unwrap_or_default();
+        let _ = writeln!(std::io::stderr(), "husk: {err}");
+        sys::exit_now(255);
+    }
+    sys::ignore(libc::SIGINT);
+    sys::ignore(libc::SIGQUIT);
+    if let Ok(rx) = sys::catch_signals(&[libc::SIGTERM, libc::SIGHUP]) {
+        std::thread::spawn(move || loop {
+            sys::kill(child, sys::next_signal(&rx));
+        });
+    }
+    let code = sys::wait_code(child).context("wait for the container")?;
+    drop(tmp);
+    Ok(ExitCode::from(code))
 }
 
 pub fn inspect(image: &str, as_json: bool, arch: Option<&str>, insecure: bool) -> Result<()> {

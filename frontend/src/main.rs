@@ -27,6 +27,7 @@ mod squashfs;
 // The only module allowed `unsafe`: one small wrapper per system call.
 #[allow(unsafe_code)]
 mod sys;
+mod unsquash;
 
 use anyhow::{Context, Result};
 use clap::builder::BoolishValueParser;
@@ -110,6 +111,14 @@ pub struct RunOpts {
     /// and are gone at exit
     #[arg(long, env = "HUSK_WRITABLE_TMPFS", value_parser = BoolishValueParser::new())]
     pub writable_tmpfs: bool,
+    /// Run without the setuid starter, in a user namespace of your own (SIF
+    /// and squashfs images through squashfuse)
+    #[arg(short = 'u', long, env = "HUSK_USERNS", value_parser = BoolishValueParser::new())]
+    pub userns: bool,
+    /// Extract a SIF or squashfs image into a temporary directory and run
+    /// that (removed at exit): no FUSE or loop device needed
+    #[arg(long, env = "HUSK_UNSQUASH", value_parser = BoolishValueParser::new())]
+    pub unsquash: bool,
     /// For an image source: pick this architecture from a multi-architecture
     /// image (e.g. arm64, arm/v7)
     #[arg(long)]

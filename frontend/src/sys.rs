@@ -136,6 +136,56 @@ pub fn exec(path: &CStr, argv: &[CString]) -> io::Error {
     io::Error::last_os_error()
 }
 
+/// Fork; 0 in the child.
+pub fn fork() -> io::Result<libc::pid_t> {
+    // SAFETY: called while the frontend has no other thread that holds a
+    // lock the child could need (the child only execs or exits).
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(pid)
+}
+
+/// Wait for `pid` to end: its exit code, or 128 + the signal that ended it.
+pub fn wait_code(pid: libc::pid_t) -> io::Result<u8> {
+    let mut status = 0;
+    loop {
+        // SAFETY: status is a valid out-pointer.
+        if unsafe { libc::waitpid(pid, &mut status, 0) } >= 0 {
+            break;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    let code = if libc::WIFSIGNALED(status) {
+        128 + libc::WTERMSIG(status)
+    } else {
+        libc::WEXITSTATUS(status)
+    };
+    Ok(code as u8)
+}
+
+/// Ignore `sig` (the terminal sends it to the container too).
+pub fn ignore(sig: libc::c_int) {
+    // SAFETY: setting a disposition to SIG_IGN.
+    unsafe { libc::signal(sig, libc::SIG_IGN) };
+}
+
+/// Send `sig` to `pid`.
+pub fn kill(pid: libc::pid_t, sig: libc::c_int) {
+    // SAFETY: integer arguments only.
+    unsafe { libc::kill(pid, sig) };
+}
+
+/// Leave the process now, without running destructors (a forked child).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit only ends the process.
+    unsafe { libc::_exit(code) }
+}
+
 // ---- interruption ------------------------------------------------------------
 
 /// Where the signal handler writes the number of the signal it caught.

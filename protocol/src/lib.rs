@@ -14,7 +14,7 @@ pub use validate::{check_hostname, check_path, validate, ValidationError};
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: [u8; 4] = *b"HUSK";
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 /// Header: magic, version, body length.
 pub const HEADER_LEN: usize = 10;
 /// The largest body the starter accepts.
@@ -123,6 +123,10 @@ pub struct GroupName {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Namespaces {
+    /// Run without privileges, in a user namespace that maps the caller's
+    /// uid and gid to themselves (`-u/--userns`). The starter also takes
+    /// this way by itself when it is not setuid or the config says so.
+    pub user: bool,
     pub pid: bool,
     pub ipc: bool,
     pub net: bool,

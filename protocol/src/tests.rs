@@ -171,7 +171,7 @@ prop_compose! {
                 user_name, gecos,
                 groups: groups.into_iter().map(|(gid, name)| GroupName { gid, name }).collect(),
             },
-            namespaces: Namespaces { pid: ns.0, ipc: ns.1, net: ns.2, uts: ns.3 },
+            namespaces: Namespaces { user: false, pid: ns.0, ipc: ns.1, net: ns.2, uts: ns.3 },
             hostname,
             writable_tmpfs,
             fresh_tmp: contain.0,

@@ -17,6 +17,9 @@ const MAX_CONFIG: u64 = 64 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub allow_setuid: bool,
+    /// May containers run in an unprivileged user namespace (`-u`, or a
+    /// starter without the setuid bit)?
+    pub allow_user_ns: bool,
     pub mount_home: bool,
     pub mount_tmp: bool,
     /// May a start mount a loop device that a running container attached to
@@ -61,6 +64,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             allow_setuid: true,
+            allow_user_ns: true,
             mount_home: true,
             mount_tmp: true,
             shared_loop_devices: true,
@@ -83,11 +87,14 @@ impl Default for Config {
     }
 }
 
-/// Refuse an object unless root owns it and neither group nor others may write it.
-fn check_trusted(fd: BorrowedFd<'_>, what: &str) -> Result<sys::Stat> {
+/// Refuse an object unless root owns it (or, for a starter without the
+/// setuid bit, which has only the caller's rights anyway, the caller: a
+/// user's own install) and neither group nor others may write it.
+fn check_trusted(fd: BorrowedFd<'_>, what: &str, user: Option<u32>) -> Result<sys::Stat> {
     let st = sys::fstat(fd).ctx(|| format!("config {what}"))?;
-    if st.st_uid != 0 {
-        return Err(Error::new(format!("config {what}: not owned by root")));
+    if st.st_uid != 0 && Some(st.st_uid) != user {
+        let who = if user.is_some() { "root or you" } else { "root" };
+        return Err(Error::new(format!("config {what}: not owned by {who}")));
     }
     if st.st_mode & 0o022 != 0 {
         return Err(Error::new(format!("config {what}: writable by group or others")));
@@ -97,14 +104,14 @@ fn check_trusted(fd: BorrowedFd<'_>, what: &str) -> Result<sys::Stat> {
 
 /// Open the config through root-owned, non-writable directories only, with
 /// no symlink anywhere on the way.
-fn open_trusted(path: &str) -> Result<OwnedFd> {
+fn open_trusted(path: &str, user: Option<u32>) -> Result<OwnedFd> {
     let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
     let Some((file, dirs)) = comps.split_last() else {
         return Err(Error::new("config path is empty"));
     };
     let dir_flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW;
     let mut cur = sys::open(c"/", dir_flags).ctx(|| "config /".into())?;
-    check_trusted(cur.as_fd(), "/")?;
+    check_trusted(cur.as_fd(), "/", user)?;
     let mut walked = String::new();
     for d in dirs {
         walked.push('/');
@@ -112,7 +119,7 @@ fn open_trusted(path: &str) -> Result<OwnedFd> {
         let name = CString::new(*d).map_err(|_| Error::new("config path has NUL"))?;
         cur = sys::openat(Some(cur.as_fd()), &name, dir_flags, 0)
             .ctx(|| format!("config {walked}"))?;
-        check_trusted(cur.as_fd(), &walked)?;
+        check_trusted(cur.as_fd(), &walked, user)?;
     }
     let name = CString::new(*file).map_err(|_| Error::new("config path has NUL"))?;
     let fd = sys::openat(
@@ -122,15 +129,17 @@ fn open_trusted(path: &str) -> Result<OwnedFd> {
         0,
     )
     .ctx(|| format!("config {path}"))?;
-    let st = check_trusted(fd.as_fd(), path)?;
+    let st = check_trusted(fd.as_fd(), path, user)?;
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
         return Err(Error::new(format!("config {path}: not a regular file")));
     }
     Ok(fd)
 }
 
-pub fn load() -> Result<Config> {
-    let fd = open_trusted(CONFIG_PATH)?;
+/// Load the config; `user` is the caller's uid when the starter runs
+/// without privileges (whose own config may then be theirs).
+pub fn load(user: Option<u32>) -> Result<Config> {
+    let fd = open_trusted(CONFIG_PATH, user)?;
     let mut text = String::new();
     std::fs::File::from(fd)
         .take(MAX_CONFIG + 1)
@@ -167,6 +176,7 @@ pub fn parse(text: &str) -> std::result::Result<Config, String> {
         let value = value.trim();
         let r = match key.as_str() {
             "allow setuid" => yes_no(value).map(|v| c.allow_setuid = v),
+            "allow user namespaces" => yes_no(value).map(|v| c.allow_user_ns = v),
             "mount home" => yes_no(value).map(|v| c.mount_home = v),
             "mount tmp" => yes_no(value).map(|v| c.mount_tmp = v),
             "shared loop devices" => yes_no(value).map(|v| c.shared_loop_devices = v),

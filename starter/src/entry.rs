@@ -15,6 +15,13 @@ pub struct Caller {
     /// The directory husk was started in (`st_dev`, `st_ino`), if it could
     /// be looked at: the one bind `user bind control = no` still allows.
     pub cwd: Option<(u64, u64)>,
+    /// Started with root's powers (setuid root, or by root itself); false
+    /// for a starter installed without the setuid bit.
+    pub privileged: bool,
+    /// Set once the starter has dropped everything and made a user
+    /// namespace of its own: what it may do from then on, it may do only
+    /// there.
+    pub userns: bool,
 }
 
 pub fn sanitize() -> Result<Caller> {
@@ -23,10 +30,11 @@ pub fn sanitize() -> Result<Caller> {
     let (rgid, _, _) = sys::getresgid();
     let setuid = sys::at_secure() && euid == 0;
     let root = ruid == 0 && euid == 0;
-    if !setuid && !root {
-        return Err(Error::new(
-            "husk-starter must be installed setuid root (this one runs without privileges)",
-        ));
+    // Without the setuid bit the starter has no more rights than the
+    // caller and runs in a user namespace (see `userns`).
+    let plain = !sys::at_secure() && ruid == euid;
+    if !setuid && !root && !plain {
+        return Err(Error::new("husk-starter must be setuid root or have no special rights at all"));
     }
     let groups = sys::getgroups().ctx(|| "getgroups".into())?;
     sys::clearenv();
@@ -44,7 +52,8 @@ pub fn sanitize() -> Result<Caller> {
     }
     sys::set_no_new_privs().ctx(|| "set no_new_privs".into())?;
     sys::set_not_dumpable().ctx(|| "set not dumpable".into())?;
-    Ok(Caller { uid: ruid, gid: rgid, groups, umask, signals, cwd })
+    let privileged = setuid || root;
+    Ok(Caller { uid: ruid, gid: rgid, groups, umask, signals, cwd, privileged, userns: false })
 }
 
 /// Run `f` with the caller's filesystem uid and gid and no effective
@@ -54,6 +63,15 @@ pub fn sanitize() -> Result<Caller> {
 pub fn as_caller<T>(caller: &Caller, f: impl FnOnce() -> Result<T>) -> Result<T> {
     if caller.uid == 0 {
         return f();
+    }
+    if caller.userns {
+        // The ids are the caller's already; only the namespace's
+        // capabilities are put aside.
+        sys::set_effective_capabilities(false).ctx(|| "drop effective capabilities".into())?;
+        let r = f();
+        sys::set_effective_capabilities(true).ctx(|| "restore effective capabilities".into())?;
+        crate::pidns::keep_tied()?;
+        return r;
     }
     // The fs ids first, while CAP_SETUID is still effective (in a PID
     // namespace's first process the real uid is root too).

@@ -1,6 +1,8 @@
 //! husk-starter: the setuid part of husk. Reads one request from fd 3,
 //! checks it against the root-owned config, builds the container in a new
 //! mount namespace, drops to the caller for good and execs the payload.
+//! Installed without the setuid bit, or asked to (`-u`), it drops first and
+//! builds the same container in a user namespace of its own (`userns`).
 //! See SECURITY.md for the threat model; the phases below are in order.
 
 #![deny(unsafe_code)]
@@ -14,6 +16,7 @@ mod objects;
 mod payload;
 mod pidns;
 mod privs;
+mod userns;
 // The only module allowed `unsafe`: one small wrapper per system call.
 #[allow(unsafe_code)]
 mod sys;
@@ -24,12 +27,21 @@ use std::io::Write;
 
 fn run() -> Result<Infallible> {
     // 1. entry hygiene: stdio, setuid check, caller ids, env, umask, signals, fds
-    let caller = entry::sanitize()?;
+    let mut caller = entry::sanitize()?;
     // 2. the request: bounded read, strict decode, field validation
     let req = read_request()?;
     // 3. the admin config and the policy it sets
-    let conf = config::load()?;
-    check_policy(&req, &conf, &caller)?;
+    let conf = config::load((!caller.privileged).then_some(caller.uid))?;
+    let user_ns = choose_user_ns(&req, &conf, &caller)?;
+    check_policy(&req, &conf)?;
+    if user_ns {
+        // Nothing privileged from here on: drop first, then a user
+        // namespace of the caller's own.
+        if caller.privileged {
+            privs::drop_for_good(&caller)?;
+        }
+        userns::enter(&mut caller)?;
+    }
     // 4. open the image and bind sources as the caller; keep the fds
     let objs = objects::open_all(&req, &conf, &caller)?;
     // 5. namespaces, image, mounts, pivot_root
@@ -39,6 +51,10 @@ fn run() -> Result<Infallible> {
     // 7. restore the caller's state and exec (with --pid, under a small init)
     if req.namespaces.pid {
         pidns::rearm()?;
+    } else if userns::helper_running() {
+        // squashfuse serves the image: the starter stays, to end it when
+        // the container ends.
+        pidns::supervise()?;
     }
     if req.namespaces.pid && !req.no_init {
         pidns::init(&req, &caller)
@@ -54,17 +70,37 @@ fn read_request() -> Result<husk_protocol::Request> {
     Ok(req)
 }
 
-fn check_policy(
+/// Setuid mode, or an unprivileged user namespace? The latter when asked
+/// for (`-u`), when the starter has no privileges, or when the config
+/// allows no setuid mode; refused unless the config allows it.
+fn choose_user_ns(
     req: &husk_protocol::Request,
     conf: &config::Config,
     caller: &entry::Caller,
-) -> Result<()> {
-    if caller.uid != 0 && !conf.allow_setuid {
-        return Err(Error::new(format!(
-            "setuid mode: not allowed by 'allow setuid' in {}",
-            config::CONFIG_PATH
-        )));
+) -> Result<bool> {
+    let path = config::CONFIG_PATH;
+    let why = if req.namespaces.user {
+        "--userns"
+    } else if !caller.privileged {
+        "husk-starter is not setuid root, so user namespace mode"
+    } else if caller.uid != 0 && !conf.allow_setuid {
+        if !conf.allow_user_ns {
+            return Err(Error::new(format!(
+                "neither setuid mode nor user namespace mode is allowed \
+                 ('allow setuid' and 'allow user namespaces' in {path})"
+            )));
+        }
+        return Ok(true);
+    } else {
+        return Ok(false);
+    };
+    if !conf.allow_user_ns {
+        return Err(Error::new(format!("{why}: not allowed by 'allow user namespaces' in {path}")));
     }
+    Ok(true)
+}
+
+fn check_policy(req: &husk_protocol::Request, conf: &config::Config) -> Result<()> {
     let deny = |what: String, directive: &str| {
         Err(Error::new(format!("{what}: not allowed by '{directive}' in {}", config::CONFIG_PATH)))
     };

@@ -11,8 +11,10 @@ use crate::objects::{Image, Objects};
 use crate::sys;
 use husk_protocol::{ImageKind, Request};
 use std::ffi::{CStr, CString};
+use std::cell::RefCell;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 /// Where the starter builds the container inside its own mount namespace: a
 /// fresh tmpfs mounted over the host's /tmp (whose fd was opened earlier).
@@ -117,7 +119,9 @@ pub fn build(req: &Request, caller: &Caller, objs: Objects, conf: &Config) -> Re
     let own_dev = req.minimal_dev || conf.minimal_dev;
     let mut binds = detach_system(&objs, ns.pid, ns.net, own_dev)?;
     let rest = detach_rest(&objs)?;
-    let mut flags = libc::CLONE_NEWNS;
+    // In user-namespace mode the mount namespace exists already (made with
+    // the user namespace, so that the trees above could be cloned in it).
+    let mut flags = if caller.userns { 0 } else { libc::CLONE_NEWNS };
     let asked = [
         (ns.pid, libc::CLONE_NEWPID),
         (ns.ipc, libc::CLONE_NEWIPC),
@@ -129,9 +133,15 @@ pub fn build(req: &Request, caller: &Caller, objs: Objects, conf: &Config) -> Re
             flags |= flag;
         }
     }
-    sys::unshare(flags).ctx(|| "unshare namespaces".into())?;
-    sys::mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None)
-        .ctx(|| "make / private".into())?;
+    // The other namespaces after the image in user-namespace mode, whose
+    // squashfuse must not be born into the container's PID namespace (as
+    // its PID 1); before it in setuid mode, where the mount namespace
+    // comes with them.
+    if !caller.userns {
+        sys::unshare(flags).ctx(|| "unshare namespaces".into())?;
+        sys::mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None)
+            .ctx(|| "make / private".into())?;
+    }
     sys::umask(0);
     stage()?;
     match image_tree {
@@ -141,7 +151,11 @@ pub fn build(req: &Request, caller: &Caller, objs: Objects, conf: &Config) -> Re
                 sys::open(LOWER, libc::O_PATH | libc::O_DIRECTORY).ctx(|| "open lower".into())?;
             sys::move_mount_to(t.as_fd(), lower.as_fd()).ctx(|| "mount image directory".into())?;
         }
+        None if caller.userns => crate::userns::attach_squashfuse(&objs.image, LOWER, caller)?,
         None => attach_squashfs(&objs.image, conf)?,
+    }
+    if caller.userns && flags != 0 {
+        sys::unshare(flags).ctx(|| "unshare namespaces".into())?;
     }
     if ns.pid {
         // From here on, the namespace's PID 1 builds the container. (Not
@@ -172,9 +186,10 @@ pub fn build(req: &Request, caller: &Caller, objs: Objects, conf: &Config) -> Re
     let root = sys::open(ROOT, libc::O_PATH | libc::O_DIRECTORY).ctx(|| "open root".into())?;
     let tree = Tree {
         overlay_dev: sys::fstat(root.as_fd()).ctx(|| "stat root".into())?.st_dev,
-        own_devs,
-        root,
+        own_devs: RefCell::new(own_devs),
+        root: RefCell::new(root),
         caller,
+        mirrors: RefCell::new(Vec::new()),
     };
 
     write_identity(&tree, req, caller)?;
@@ -185,7 +200,12 @@ pub fn build(req: &Request, caller: &Caller, objs: Objects, conf: &Config) -> Re
             .ctx(|| format!("bind {}", show(&d.dst)))?;
     }
 
-    if req.writable_tmpfs {
+    if req.writable_tmpfs && caller.userns {
+        // As below, but a directory whose owner the namespace does not map
+        // cannot be copied up: the top is a mirror the caller owns.
+        let root = tree.root.borrow().try_clone().ctx(|| "container root".into())?;
+        tree.mirror(root.as_fd(), None, None, "/")?;
+    } else if req.writable_tmpfs {
         // Writes land in the staging tmpfs (64 MiB) and vanish with it. The
         // caller owns the container's root directory, so that entries can be
         // made at the top as in Apptainer; deeper directories keep the
@@ -196,7 +216,11 @@ pub fn build(req: &Request, caller: &Caller, objs: Objects, conf: &Config) -> Re
         sys::fchown(root.as_fd(), caller.uid, caller.gid).ctx(|| "chown container root".into())?;
     } else {
         let ro = sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
-        sys::set_mount_attrs(tree.root.as_fd(), ro, false).ctx(|| "make root read-only".into())?;
+        sys::set_mount_attrs(tree.root.borrow().as_fd(), ro, false)
+            .ctx(|| "make root read-only".into())?;
+        for m in tree.mirrors.borrow().iter() {
+            sys::set_mount_attrs(m.as_fd(), ro, false).ctx(|| "make root read-only".into())?;
+        }
     }
     enter(ROOT)
 }
@@ -302,7 +326,7 @@ fn made_here(
         v.push(fresh_kernel_fs(c"sysfs", SYSFS, b"/sys")?);
     }
     if own_dev && objs.dev.is_some() {
-        v.push(minimal_dev()?);
+        v.push(minimal_dev(caller.userns)?);
     } else if req.namespaces.ipc && objs.dev.is_some() {
         // POSIX shared memory lives in /dev/shm: an IPC namespace of its
         // own gets a /dev/shm of its own over the host's.
@@ -331,8 +355,10 @@ fn made_here(
 /// A /dev of the container's own: the harmless character devices, a new
 /// devpts instance (with ptmx), /dev/shm, and the usual links into /proc.
 /// The tmpfs holding them is not nodev (the devices must open) but holds
-/// nothing else, and the caller can add nothing to it.
-fn minimal_dev() -> Result<Detached> {
+/// nothing else, and the caller can add nothing to it. In a user namespace
+/// no device node can be made (nor opened on a filesystem mounted there):
+/// the host's nodes are bound instead.
+fn minimal_dev(userns: bool) -> Result<Detached> {
     const DEV: &CStr = c"/tmp/t-dev";
     let what = || "minimal /dev".to_string();
     let flags = libc::MS_NOSUID | libc::MS_NOEXEC;
@@ -348,7 +374,24 @@ fn minimal_dev() -> Result<Detached> {
         (c"tty", 5, 0),
     ];
     for (name, major, minor) in nodes {
-        sys::mknodat(dir.as_fd(), name, libc::S_IFCHR | 0o666, major, minor).ctx(what)?;
+        if !userns {
+            sys::mknodat(dir.as_fd(), name, libc::S_IFCHR | 0o666, major, minor).ctx(what)?;
+            continue;
+        }
+        let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
+        drop(sys::openat(Some(dir.as_fd()), name, flags, 0o666).ctx(what)?);
+        let host = CString::new([&b"/dev/"[..], name.to_bytes()].concat())
+            .map_err(|_| Error::new("device path"))?;
+        let at = CString::new([&b"/tmp/t-dev/"[..], name.to_bytes()].concat())
+            .map_err(|_| Error::new("device path"))?;
+        let node = sys::open(&host, libc::O_PATH | libc::O_NOFOLLOW).ctx(what)?;
+        let st = sys::fstat(node.as_fd()).ctx(what)?;
+        if kind(&st) != libc::S_IFCHR || st.st_rdev != libc::makedev(major, minor) {
+            return Err(Error::new(format!("host {} is not the expected device", show(host.as_bytes()))));
+        }
+        let tree = sys::clone_tree(node.as_fd(), false).ctx(what)?;
+        let target = sys::open(&at, libc::O_PATH | libc::O_NOFOLLOW).ctx(what)?;
+        sys::move_mount_to(tree.as_fd(), target.as_fd()).ctx(what)?;
     }
     let links = [
         (c"ptmx", c"pts/ptmx"),
@@ -460,12 +503,14 @@ fn attach_loop(img: &Image, max: u32) -> Result<(OwnedFd, CString)> {
 /// The container root and the device number of its overlay: directories on
 /// that device may be changed by the starter; any other (a host bind) never.
 struct Tree<'a> {
-    root: OwnedFd,
+    root: RefCell<OwnedFd>,
     overlay_dev: libc::dev_t,
-    /// The tmpfs the starter made (--contain's /tmp, /var/tmp and home):
-    /// mount points may be made in them too.
-    own_devs: Vec<libc::dev_t>,
+    /// The tmpfs the starter made (--contain's /tmp, /var/tmp and home, the
+    /// mirrors): mount points may be made in them too.
+    own_devs: RefCell<Vec<libc::dev_t>>,
     caller: &'a Caller,
+    /// The mirrors made in user-namespace mode (see [`Tree::mirror`]).
+    mirrors: RefCell<Vec<OwnedFd>>,
 }
 
 fn kind(st: &sys::Stat) -> libc::mode_t {
@@ -476,7 +521,78 @@ impl Tree<'_> {
     /// Is `dir` in the overlay or a tmpfs of the starter's, not a host bind?
     fn on_overlay(&self, dir: BorrowedFd<'_>) -> Result<bool> {
         let dev = sys::fstat(dir).ctx(|| "stat mount target".into())?.st_dev;
-        Ok(dev == self.overlay_dev || self.own_devs.contains(&dev))
+        Ok(dev == self.overlay_dev || self.own_devs.borrow().contains(&dev))
+    }
+
+    /// In a user namespace the overlay cannot copy up a directory whose
+    /// owner the namespace does not map (root, mostly), so nothing can be
+    /// made in it: the kernel says EOVERFLOW. Cover such a directory `dir`
+    /// with a mirror instead: a tmpfs holding a bind of each of its entries
+    /// (a copy of each symlink), all but `skip`, mounted over it. New entries
+    /// go into the mirror. `parent` holds `dir` under its name (`None`: `dir`
+    /// is the root). Returns the mirror's root.
+    fn mirror(
+        &self,
+        dir: BorrowedFd<'_>,
+        parent: Option<(BorrowedFd<'_>, &CStr)>,
+        skip: Option<&CStr>,
+        p: &str,
+    ) -> Result<OwnedFd> {
+        let what = || format!("mount point {p}: mirror the image directory");
+        let n = self.mirrors.borrow().len();
+        let name = CString::new(format!("m{n}")).map_err(|_| Error::new("mirror name"))?;
+        let at = CString::new(format!("/tmp/m{n}")).map_err(|_| Error::new("mirror name"))?;
+        let stage = sys::open(STAGE, libc::O_PATH | libc::O_DIRECTORY).ctx(what)?;
+        sys::mkdirat(stage.as_fd(), &name, 0o755).ctx(what)?;
+        let st = sys::fstat(dir).ctx(what)?;
+        let opts = CString::new(format!("mode={:o},size=64m", st.st_mode & 0o7777))
+            .map_err(|_| Error::new("mirror options"))?;
+        let flags = libc::MS_NOSUID | libc::MS_NODEV;
+        sys::mount(Some(c"husk"), &at, Some(c"tmpfs"), flags, Some(&opts)).ctx(what)?;
+        let m = sys::open(&at, libc::O_PATH | libc::O_DIRECTORY).ctx(what)?;
+        let listing = format!("/proc/self/fd/{}", dir.as_raw_fd());
+        let entries = as_caller(self.caller, || {
+            std::fs::read_dir(&listing)
+                .and_then(|d| d.map(|e| e.map(|e| e.file_name())).collect::<std::io::Result<Vec<_>>>())
+                .ctx(what)
+        })?;
+        for entry in entries {
+            let ename = CString::new(entry.as_bytes()).map_err(|_| Error::new("entry name"))?;
+            if Some(ename.as_c_str()) == skip {
+                continue;
+            }
+            let child = sys::openat(Some(dir), &ename, libc::O_PATH | libc::O_NOFOLLOW, 0)
+                .ctx(what)?;
+            let k = kind(&sys::fstat(child.as_fd()).ctx(what)?);
+            if k == libc::S_IFLNK {
+                let target = std::fs::read_link(format!("{listing}/{}", entry.to_string_lossy()))
+                    .ctx(what)?;
+                let target = CString::new(target.into_os_string().into_vec())
+                    .map_err(|_| Error::new("link target"))?;
+                sys::symlinkat(&target, m.as_fd(), &ename).ctx(what)?;
+                continue;
+            }
+            let spot = self.create(m.as_fd(), &ename, k == libc::S_IFDIR, p)?;
+            let t = sys::clone_tree(child.as_fd(), k == libc::S_IFDIR).ctx(what)?;
+            sys::move_mount_to(t.as_fd(), spot.as_fd()).ctx(what)?;
+        }
+        let dev = sys::fstat(m.as_fd()).ctx(what)?.st_dev;
+        let t = sys::clone_tree(m.as_fd(), true).ctx(what)?;
+        sys::set_mount_attrs(t.as_fd(), sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV, true)
+            .ctx(what)?;
+        sys::move_mount_to(t.as_fd(), dir).ctx(what)?;
+        self.own_devs.borrow_mut().push(dev);
+        self.mirrors.borrow_mut().push(t);
+        // The directory's name now leads to the mirror on top of it.
+        let top = match parent {
+            Some((pd, pname)) => sys::openat(Some(pd), pname, libc::O_PATH | libc::O_DIRECTORY, 0),
+            None => sys::open(ROOT, libc::O_PATH | libc::O_DIRECTORY),
+        }
+        .ctx(what)?;
+        if parent.is_none() {
+            *self.root.borrow_mut() = top.try_clone().ctx(what)?;
+        }
+        Ok(top)
     }
 
     /// Open `path` inside the container as a mount target of the wanted
@@ -486,9 +602,15 @@ impl Tree<'_> {
     fn target(&self, path: &[u8], want_dir: bool) -> Result<OwnedFd> {
         let p = show(path);
         let comps: Vec<&[u8]> = path.split(|&b| b == b'/').filter(|c| !c.is_empty()).collect();
-        let mut cur =
-            sys::openat(Some(self.root.as_fd()), c".", libc::O_PATH | libc::O_DIRECTORY, 0)
-                .ctx(|| "open root".into())?;
+        let mut cur = sys::openat(
+            Some(self.root.borrow().as_fd()),
+            c".",
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        )
+        .ctx(|| "open root".into())?;
+        // The directories above `cur`, each with the name that leads on.
+        let mut trail: Vec<(OwnedFd, CString)> = Vec::new();
         for (i, comp) in comps.iter().enumerate() {
             let last = i + 1 == comps.len();
             let dir_here = !last || want_dir;
@@ -528,8 +650,12 @@ impl Tree<'_> {
                             "mount target {p}: is a file, the source is a directory"
                         )));
                     } else if on_overlay {
-                        sys::unlinkat(cur.as_fd(), &name, 0)
-                            .ctx(|| format!("replace mount target {p}"))?;
+                        match sys::unlinkat(cur.as_fd(), &name, 0) {
+                            Err(e) if self.unmapped(&e) => {
+                                cur = self.mirror_at(cur, &trail, Some(&name), &p)?;
+                            }
+                            r => r.ctx(|| format!("replace mount target {p}"))?,
+                        }
                         self.create(cur.as_fd(), &name, dir_here, &p)?
                     } else {
                         return Err(Error::new(format!(
@@ -537,28 +663,56 @@ impl Tree<'_> {
                         )));
                     }
                 }
-                None if on_overlay => self.create(cur.as_fd(), &name, dir_here, &p)?,
+                None if on_overlay => match make(cur.as_fd(), &name, dir_here) {
+                    Err(e) if self.unmapped(&e) => {
+                        cur = self.mirror_at(cur, &trail, None, &p)?;
+                        self.create(cur.as_fd(), &name, dir_here, &p)?
+                    }
+                    r => r.ctx(|| format!("create mount point {p}"))?,
+                },
                 None => {
                     return Err(Error::new(format!(
                     "mount target {p}: not found or not accessible inside the bind that holds it"
                 )))
                 }
             };
-            cur = next;
+            trail.push((std::mem::replace(&mut cur, next), name));
         }
         Ok(cur)
     }
 
-    fn create(&self, dir: BorrowedFd<'_>, name: &CStr, is_dir: bool, p: &str) -> Result<OwnedFd> {
-        if is_dir {
-            sys::mkdirat(dir, name, 0o755).ctx(|| format!("create mount point {p}"))?;
-        } else {
-            let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
-            sys::openat(Some(dir), name, flags, 0o644).ctx(|| format!("create mount point {p}"))?;
-        }
-        sys::openat(Some(dir), name, libc::O_PATH | libc::O_NOFOLLOW, 0)
-            .ctx(|| format!("open mount point {p}"))
+    /// Did the kernel refuse to copy up a directory of unmapped owner?
+    fn unmapped(&self, e: &std::io::Error) -> bool {
+        // (EACCES when the directory's unmapped owner alone may write it.)
+        self.caller.userns && matches!(e.raw_os_error(), Some(libc::EOVERFLOW | libc::EACCES))
     }
+
+    /// [`Tree::mirror`] the directory `cur`, reached through `trail`.
+    fn mirror_at(
+        &self,
+        cur: OwnedFd,
+        trail: &[(OwnedFd, CString)],
+        skip: Option<&CStr>,
+        p: &str,
+    ) -> Result<OwnedFd> {
+        let parent = trail.last().map(|(fd, name)| (fd.as_fd(), name.as_c_str()));
+        self.mirror(cur.as_fd(), parent, skip, p)
+    }
+
+    fn create(&self, dir: BorrowedFd<'_>, name: &CStr, is_dir: bool, p: &str) -> Result<OwnedFd> {
+        make(dir, name, is_dir).ctx(|| format!("create mount point {p}"))
+    }
+}
+
+/// Make an empty directory or file `name` in `dir` as a mount point; its fd.
+fn make(dir: BorrowedFd<'_>, name: &CStr, is_dir: bool) -> std::io::Result<OwnedFd> {
+    if is_dir {
+        sys::mkdirat(dir, name, 0o755)?;
+    } else {
+        let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
+        sys::openat(Some(dir), name, flags, 0o644)?;
+    }
+    sys::openat(Some(dir), name, libc::O_PATH | libc::O_NOFOLLOW, 0)
 }
 
 /// Read a small regular file of the image as the caller (so that a link to a
@@ -616,8 +770,28 @@ fn write_identity(tree: &Tree, req: &Request, caller: &Caller) -> Result<()> {
             Some((g, &name.name[..]))
         })
         .collect();
-    write_file(etc.as_fd(), c"passwd", &identity::passwd(&pw, &user))?;
-    write_file(etc.as_fd(), c"group", &identity::group(&gr, &req.identity.user_name, &groups))
+    let passwd = identity::passwd(&pw, &user);
+    let group = identity::group(&gr, &req.identity.user_name, &groups);
+    if !caller.userns {
+        write_file(etc.as_fd(), c"passwd", &passwd)?;
+        return write_file(etc.as_fd(), c"group", &group);
+    }
+    // In a user namespace /etc usually cannot be written (see
+    // `Tree::mirror`): the files are made in the staging area and bound.
+    drop(etc);
+    let stage = sys::open(STAGE, libc::O_PATH | libc::O_DIRECTORY).ctx(|| "open staging".into())?;
+    for (name, data, dst) in
+        [(c"passwd", passwd, &b"/etc/passwd"[..]), (c"group", group, &b"/etc/group"[..])]
+    {
+        write_file(stage.as_fd(), name, &data)?;
+        let f = sys::openat(Some(stage.as_fd()), name, libc::O_PATH | libc::O_NOFOLLOW, 0)
+            .ctx(|| format!("open {}", show(dst)))?;
+        let attrs = sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
+        let d = detach(f.as_fd(), dst, false, false, attrs)?;
+        let target = tree.target(dst, false)?;
+        sys::move_mount_to(d.tree.as_fd(), target.as_fd()).ctx(|| format!("bind {}", show(dst)))?;
+    }
+    Ok(())
 }
 
 /// Make `new_root` the root of this mount namespace and drop the old one.

@@ -26,8 +26,11 @@ pub fn enter(caller: &Caller) -> Result<()> {
     let child = sys::fork().ctx(|| "fork into the PID namespace".into())?;
     if child == 0 {
         // Out of the caller's reach while it builds (the caller could stop
-        // a process whose real uid is theirs); the drop gives it back.
-        sys::become_root_entirely().ctx(|| "setresuid".into())?;
+        // a process whose real uid is theirs); the drop gives it back. (In
+        // a user namespace it holds nothing the caller lacks.)
+        if !caller.userns {
+            sys::become_root_entirely().ctx(|| "setresuid".into())?;
+        }
         drop(alive_w);
         // Whatever ends the starter ends the container; had it ended
         // before this took effect, the pipe says so.
@@ -40,7 +43,26 @@ pub fn enter(caller: &Caller) -> Result<()> {
     let _alive = sys::move_fd(alive_w, 3).ctx(|| "keep pipe".into())?;
     sys::close_from(4).ctx(|| "close fds".into())?;
     privs::drop_for_good(caller)?;
-    sys::exit(relay(child, false))
+    sys::exit(crate::userns::finish(relay(child, false)))
+}
+
+/// Without a PID namespace, when a helper serves the image: the payload
+/// runs in a child, and the starter (dropped already) relays signals to
+/// it, then ends the helper and exits with the payload's status. Only the
+/// child returns.
+pub fn supervise() -> Result<()> {
+    sys::block_all_signals().ctx(|| "block signals".into())?;
+    let parent = sys::getpid();
+    let child = sys::fork().ctx(|| "fork the payload".into())?;
+    if child == 0 {
+        sys::set_parent_death_signal(libc::SIGKILL).ctx(|| "set parent death signal".into())?;
+        if sys::getppid() != parent {
+            return Err(Error::new("the starter ended while the container was being built"));
+        }
+        return Ok(());
+    }
+    sys::close_from(3).ctx(|| "close fds".into())?;
+    sys::exit(crate::userns::finish(relay(child, false)))
 }
 
 /// The read end of the pipe whose writer is the starter, kept by PID 1

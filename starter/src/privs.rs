@@ -7,7 +7,11 @@ use crate::sys;
 pub fn drop_for_good(caller: &Caller) -> Result<()> {
     sys::drop_bounding_set().ctx(|| "drop capability bounding set".into())?;
     sys::clear_ambient().ctx(|| "clear ambient capabilities".into())?;
-    sys::setgroups(&caller.groups).ctx(|| "setgroups".into())?;
+    // In a user namespace setgroups is denied (it could shed a group that
+    // denies access): the caller keeps the groups the kernel gave them.
+    if !caller.userns {
+        sys::setgroups(&caller.groups).ctx(|| "setgroups".into())?;
+    }
     sys::setresgid(caller.gid).ctx(|| "setresgid".into())?;
     sys::setresuid(caller.uid).ctx(|| "setresuid".into())?;
     sys::clear_capabilities().ctx(|| "clear capabilities".into())?;
@@ -20,7 +24,15 @@ fn verify(caller: &Caller) -> Result<()> {
     if sys::getresuid() != (u, u, u) || sys::getresgid() != (g, g, g) {
         return fail("ids");
     }
-    if sys::getgroups().ctx(|| "getgroups".into())? != caller.groups {
+    // In a user namespace, groups that are not mapped show as the overflow
+    // gid: there only their number can be compared.
+    let groups = sys::getgroups().ctx(|| "getgroups".into())?;
+    let same = if caller.userns {
+        groups.len() == caller.groups.len()
+    } else {
+        groups == caller.groups
+    };
+    if !same {
         return fail("groups");
     }
     if sys::get_capabilities().ctx(|| "capget".into())? != [0, 0, 0] || !sys::bounding_set_empty() {

@@ -183,6 +183,57 @@ pub fn set_not_dumpable() -> io::Result<()> {
     Ok(())
 }
 
+/// Make the process dumpable again: in user-namespace mode, after the drop,
+/// so that it may write its own `/proc/self/uid_map` (whose owner is root
+/// while the process is not dumpable). Nothing privileged is left by then.
+pub fn set_dumpable() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    cvt(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) })?;
+    Ok(())
+}
+
+pub fn getpid() -> libc::pid_t {
+    // SAFETY: no arguments; cannot fail.
+    unsafe { libc::getpid() }
+}
+
+pub fn getppid() -> libc::pid_t {
+    // SAFETY: no arguments; cannot fail.
+    unsafe { libc::getppid() }
+}
+
+/// A session (and process group) of its own, away from the terminal.
+pub fn setsid() -> io::Result<()> {
+    // SAFETY: no arguments.
+    cvt(unsafe { libc::setsid() })?;
+    Ok(())
+}
+
+/// Make `fd` also open as `target`, inherited across exec (for a helper
+/// about to be executed; `target` is closed first if open).
+pub fn dup_inheritable(fd: RawFd, target: RawFd) -> io::Result<()> {
+    // SAFETY: integer arguments only; dup2 leaves close-on-exec clear.
+    cvt(unsafe { libc::dup2(fd, target) })?;
+    Ok(())
+}
+
+/// A copy of `fd` numbered `min` or above (close-on-exec clear).
+pub fn dup_above(fd: BorrowedFd<'_>, min: RawFd) -> io::Result<RawFd> {
+    // SAFETY: integer arguments only.
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD, min) })
+}
+
+/// Unblock every signal.
+pub fn unblock_all_signals() -> io::Result<()> {
+    // SAFETY: `none` is valid sigset_t storage, emptied before use.
+    let mut none: libc::sigset_t = unsafe { zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::sigemptyset(&mut none) };
+    // SAFETY: a valid, empty sigset_t; the old mask is not wanted.
+    cvt(unsafe { libc::sigprocmask(libc::SIG_SETMASK, &none, null_mut()) })?;
+    Ok(())
+}
+
 /// Take ownership of the request fd.
 pub fn request_file() -> io::Result<File> {
     let st = fstat_raw(REQUEST_FD)?;
@@ -681,6 +732,14 @@ pub fn reap(pid: libc::pid_t) -> Option<(libc::pid_t, libc::c_int)> {
     // SAFETY: status is a valid out-pointer.
     let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
     (r > 0).then_some((r, status))
+}
+
+/// Wait until `pid` has ended and reap it.
+pub fn wait_for(pid: libc::pid_t) -> io::Result<libc::c_int> {
+    let mut status = 0;
+    // SAFETY: status is a valid out-pointer.
+    retry(|| cvt(unsafe { libc::waitpid(pid, &mut status, 0) }))?;
+    Ok(status)
 }
 
 /// An exit code for a wait status: the code, or 128 + the killing signal.

@@ -15,6 +15,10 @@ pub struct TestEnv {
     pub uid: u32,
     pub gid: u32,
     pub home: PathBuf,
+    /// The mode these tests run the containers in: the setuid starter, or
+    /// (HUSK_TEST_MODE=userns, against an install without the setuid bit)
+    /// an unprivileged user namespace.
+    pub userns: bool,
 }
 
 fn id_of(user: &str, flag: &str) -> u32 {
@@ -39,7 +43,12 @@ pub fn env() -> Option<&'static TestEnv> {
         let uid = id_of(&user, "-u");
         let gid = id_of(&user, "-g");
         let home = PathBuf::from(format!("/home/{user}"));
-        Some(TestEnv { prefix: prefix.into(), work: work.into(), user, uid, gid, home })
+        let userns = match std::env::var("HUSK_TEST_MODE").as_deref() {
+            Ok("userns") => true,
+            Ok("setuid") | Err(_) => false,
+            Ok(other) => panic!("HUSK_TEST_MODE={other}: want setuid or userns"),
+        };
+        Some(TestEnv { prefix: prefix.into(), work: work.into(), user, uid, gid, home, userns })
     })
     .as_ref()
 }
@@ -160,6 +169,11 @@ pub fn husk(args: &[&str]) -> UserCmd {
     let mut argv = vec![e.prefix.join("bin/husk").to_string_lossy().into_owned()];
     argv.extend(args.iter().map(|s| s.to_string()));
     UserCmd { argv, envs: vec![], cwd: None, stdin: None }
+}
+
+/// Do the containers of this run live in a user namespace?
+pub fn userns() -> bool {
+    env().is_some_and(|e| e.userns)
 }
 
 /// Any program as the test user.
