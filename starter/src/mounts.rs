@@ -578,7 +578,9 @@ impl Tree<'_> {
         }
         let dev = sys::fstat(m.as_fd()).ctx(what)?.st_dev;
         let t = sys::clone_tree(m.as_fd(), true).ctx(what)?;
-        sys::set_mount_attrs(t.as_fd(), sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV, true)
+        // The tmpfs alone: what is bound in it keeps its own flags (a host
+        // /dev its devices).
+        sys::set_mount_attrs(t.as_fd(), sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV, false)
             .ctx(what)?;
         sys::move_mount_to(t.as_fd(), dir).ctx(what)?;
         self.own_devs.borrow_mut().push(dev);

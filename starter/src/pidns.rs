@@ -62,8 +62,25 @@ pub fn supervise() -> Result<()> {
         return Ok(());
     }
     sys::close_from(3).ctx(|| "close fds".into())?;
-    sys::exit(crate::userns::finish(relay(child, false)))
+    let code = crate::userns::finish(relay(child, false));
+    // Ended by a signal, the payload's end looks the same from outside.
+    if let Some(sig) = code.checked_sub(128).filter(|s| QUIET_SIGNALS.contains(s)) {
+        sys::die_of(sig);
+    }
+    sys::exit(code)
 }
+
+/// Signals whose default action ends a process without a core dump.
+const QUIET_SIGNALS: [libc::c_int; 8] = [
+    libc::SIGHUP,
+    libc::SIGINT,
+    libc::SIGKILL,
+    libc::SIGPIPE,
+    libc::SIGALRM,
+    libc::SIGTERM,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
 
 /// The read end of the pipe whose writer is the starter, kept by PID 1
 /// until [`rearm`].

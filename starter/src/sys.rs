@@ -894,6 +894,20 @@ pub fn execve(path: &CStr, argv: &[CString], envp: &[CString]) -> io::Error {
     io::Error::last_os_error()
 }
 
+/// End by `sig` (its default action), else exit with 128 + `sig`.
+pub fn die_of(sig: libc::c_int) -> ! {
+    // SAFETY: a default disposition, an unblocked signal, sent to ourselves.
+    unsafe {
+        libc::signal(sig, libc::SIG_DFL);
+        let mut one: libc::sigset_t = zeroed();
+        libc::sigemptyset(&mut one);
+        libc::sigaddset(&mut one, sig);
+        libc::sigprocmask(libc::SIG_UNBLOCK, &one, null_mut());
+        libc::kill(libc::getpid(), sig);
+    }
+    exit(128 + sig)
+}
+
 pub fn exit(code: i32) -> ! {
     // SAFETY: _exit ends the process without running any user code.
     unsafe { libc::_exit(code) }
