@@ -59,7 +59,11 @@ impl Unpacked {
         if !out.status.success() || !u.root().is_dir() {
             let err = String::from_utf8_lossy(&out.stderr);
             let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("failed");
-            bail!("--unsquash: unsquashfs could not extract {}: {}", img.path.display(), last.trim());
+            bail!(
+                "--unsquash: unsquashfs could not extract {}: {}",
+                img.path.display(),
+                last.trim()
+            );
         }
         Ok(u)
     }

@@ -34,7 +34,9 @@ pub fn sanitize() -> Result<Caller> {
     // caller and runs in a user namespace (see `userns`).
     let plain = !sys::at_secure() && ruid == euid;
     if !setuid && !root && !plain {
-        return Err(Error::new("husk-starter must be setuid root or have no special rights at all"));
+        return Err(Error::new(
+            "husk-starter must be setuid root or have no special rights at all",
+        ));
     }
     let groups = sys::getgroups().ctx(|| "getgroups".into())?;
     sys::clearenv();

@@ -10,8 +10,8 @@ use crate::identity;
 use crate::objects::{Image, Objects};
 use crate::sys;
 use husk_protocol::{ImageKind, Request};
-use std::ffi::{CStr, CString};
 use std::cell::RefCell;
+use std::ffi::{CStr, CString};
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -387,7 +387,10 @@ fn minimal_dev(userns: bool) -> Result<Detached> {
         let node = sys::open(&host, libc::O_PATH | libc::O_NOFOLLOW).ctx(what)?;
         let st = sys::fstat(node.as_fd()).ctx(what)?;
         if kind(&st) != libc::S_IFCHR || st.st_rdev != libc::makedev(major, minor) {
-            return Err(Error::new(format!("host {} is not the expected device", show(host.as_bytes()))));
+            return Err(Error::new(format!(
+                "host {} is not the expected device",
+                show(host.as_bytes())
+            )));
         }
         let tree = sys::clone_tree(node.as_fd(), false).ctx(what)?;
         let target = sys::open(&at, libc::O_PATH | libc::O_NOFOLLOW).ctx(what)?;
@@ -553,7 +556,9 @@ impl Tree<'_> {
         let listing = format!("/proc/self/fd/{}", dir.as_raw_fd());
         let entries = as_caller(self.caller, || {
             std::fs::read_dir(&listing)
-                .and_then(|d| d.map(|e| e.map(|e| e.file_name())).collect::<std::io::Result<Vec<_>>>())
+                .and_then(|d| {
+                    d.map(|e| e.map(|e| e.file_name())).collect::<std::io::Result<Vec<_>>>()
+                })
                 .ctx(what)
         })?;
         for entry in entries {
@@ -561,8 +566,8 @@ impl Tree<'_> {
             if Some(ename.as_c_str()) == skip {
                 continue;
             }
-            let child = sys::openat(Some(dir), &ename, libc::O_PATH | libc::O_NOFOLLOW, 0)
-                .ctx(what)?;
+            let child =
+                sys::openat(Some(dir), &ename, libc::O_PATH | libc::O_NOFOLLOW, 0).ctx(what)?;
             let k = kind(&sys::fstat(child.as_fd()).ctx(what)?);
             if k == libc::S_IFLNK {
                 let target = std::fs::read_link(format!("{listing}/{}", entry.to_string_lossy()))

@@ -27,11 +27,8 @@ fn verify(caller: &Caller) -> Result<()> {
     // In a user namespace, groups that are not mapped show as the overflow
     // gid: there only their number can be compared.
     let groups = sys::getgroups().ctx(|| "getgroups".into())?;
-    let same = if caller.userns {
-        groups.len() == caller.groups.len()
-    } else {
-        groups == caller.groups
-    };
+    let same =
+        if caller.userns { groups.len() == caller.groups.len() } else { groups == caller.groups };
     if !same {
         return fail("groups");
     }

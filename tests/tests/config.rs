@@ -92,13 +92,31 @@ fn unknown_directives_name_the_line() {
 }
 
 #[test]
-fn allow_setuid_no_refuses() {
-    if env().is_none() || image(Kind::Sif).is_none() {
-        return;
-    }
+fn allow_setuid_no_means_user_namespaces_and_both_no_refuses() {
+    let Some(e) = env() else { return };
+    let Some(img) = image(Kind::Sif) else { return };
+    let img = img.to_string_lossy().into_owned();
     let _r = edit();
+    let in_userns = |r: &Run| {
+        let map: Vec<&str> = r.stdout.split_whitespace().collect();
+        map == [e.uid.to_string(), e.uid.to_string(), "1".into()]
+    };
+    // Not setuid: the same container, in a user namespace of the caller's.
     write_conf("allow setuid = no\n");
-    assert_one_line_error(&run_true(), "not allowed by 'allow setuid'");
+    let r = husk(&["exec", &img, "cat", "/proc/self/uid_map"]).run();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(in_userns(&r), "{}", r.stdout);
+    write_conf("allow setuid = no\nallow user namespaces = no\n");
+    assert_one_line_error(&run_true(), "neither setuid mode nor user namespace mode is allowed");
+    // -u asks for a user namespace, which the admin may refuse.
+    write_conf("allow user namespaces = no\n");
+    let r = husk(&["exec", "-u", &img, "true"]).run();
+    assert_one_line_error(&r, "--userns: not allowed by 'allow user namespaces'");
+    let r = husk(&["exec", &img, "cat", "/proc/self/uid_map"]).run();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!in_userns(&r), "setuid mode should not use a user namespace: {}", r.stdout);
+    write_conf("allow user namespaces = perhaps\n");
+    assert_one_line_error(&run_true(), "line 1: 'perhaps' is not yes or no");
 }
 
 #[test]

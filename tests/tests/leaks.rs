@@ -1,5 +1,6 @@
-//! Nothing outlives a container: after many runs the host's mount table,
-//! its loop devices and its process list are as they were. Alone in its own
+//! Nothing outlives a container: after many runs, and after runs killed
+//! halfway, the host's mount table, its loop devices and its process list
+//! are as they were, and no squashfuse (user-namespace mode) is left. Alone in its own
 //! test binary so that no other test's containers are running meanwhile.
 
 mod common;
@@ -56,4 +57,69 @@ fn two_hundred_runs_leave_nothing_behind() {
     assert_eq!(loops(), l0, "loop devices left behind");
     assert_eq!(mounts(), m0, "host mount table changed");
     assert_eq!(husk_processes(), Vec::<String>::new(), "husk processes left behind");
+    assert_eq!(fuse_leftovers(), Vec::<String>::new(), "squashfuse left behind");
+}
+
+/// squashfuse processes, and FUSE mounts that any process still sees (a
+/// container's mounts live in its own namespace, so the host's table alone
+/// would not tell).
+fn fuse_leftovers() -> Vec<String> {
+    let mut found = vec![];
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let p = entry.path();
+        let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
+        if comm.starts_with("squashfuse") {
+            found.push(format!("process {} {}", entry.file_name().to_string_lossy(), comm.trim()));
+        }
+        let mi = std::fs::read_to_string(p.join("mountinfo")).unwrap_or_default();
+        if mi.contains("fuse.squashfuse") {
+            found.push(format!("FUSE mount seen by {}", entry.file_name().to_string_lossy()));
+        }
+    }
+    found
+}
+
+/// Wait (up to 10 s) until `done` holds: the kernel delivers parent-death
+/// signals and tears namespaces down a moment after a kill.
+fn settle(done: impl Fn() -> bool) {
+    for _ in 0..100 {
+        if done() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn runs_killed_halfway_leave_nothing_behind() {
+    let Some(e) = env() else { return };
+    let kinds = all_kinds();
+    if kinds.is_empty() {
+        return;
+    }
+    let (m0, l0) = (mounts(), loops());
+    for i in 0..20 {
+        let (kind, img) = &kinds[i % kinds.len()];
+        let marker = e.home.join(format!(".husk-killed-{i}"));
+        let _ = std::fs::remove_file(&marker);
+        let script = format!("touch {}; exec sleep 30", marker.display());
+        let mut child =
+            husk(&["exec", &img.to_string_lossy(), "sh", "-c", &script]).command().spawn().unwrap();
+        if i % 2 == 0 {
+            // Once the container runs.
+            settle(|| marker.exists());
+            assert!(marker.exists(), "run {i} ({kind:?}) did not start");
+        } else {
+            // While it is being set up.
+            std::thread::sleep(std::time::Duration::from_millis(3 * i as u64));
+        }
+        sh(&format!("kill -KILL {}", child.id()));
+        let _ = child.wait();
+        let _ = std::fs::remove_file(&marker);
+    }
+    settle(|| fuse_leftovers().is_empty() && husk_processes().is_empty() && loops() == l0);
+    assert_eq!(fuse_leftovers(), Vec::<String>::new(), "squashfuse left behind");
+    assert_eq!(husk_processes(), Vec::<String>::new(), "husk processes left behind");
+    assert_eq!(loops(), l0, "loop devices left behind");
+    assert_eq!(mounts(), m0, "host mount table changed");
 }

@@ -1,0 +1,237 @@
+//! User-namespace mode as such: `-u` with the setuid starter, a starter
+//! installed without the setuid bit (HUSK_TEST_UNPRIV_PREFIX), what is said
+//! when the kernel or squashfuse is missing, `--unsquash`, and an install
+//! into the test user's home with no root at any step. (The whole suite of
+//! spine, images and isolation tests runs in this mode too: tests/run.sh.)
+
+mod common;
+use common::*;
+use std::path::PathBuf;
+
+/// Held by each test that runs the install without the setuid bit, whose
+/// config one of them changes.
+static UNPRIV: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn unpriv_lock() -> std::sync::MutexGuard<'static, ()> {
+    UNPRIV.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The install without the setuid bit that tests/run.sh made.
+fn unpriv_prefix() -> Option<PathBuf> {
+    env()?;
+    match std::env::var_os("HUSK_TEST_UNPRIV_PREFIX") {
+        Some(p) => Some(p.into()),
+        None => {
+            eprintln!("skipped: HUSK_TEST_UNPRIV_PREFIX is not set (tests/run.sh sets it)");
+            None
+        }
+    }
+}
+
+fn unpriv_husk(args: &[&str]) -> UserCmd {
+    let mut argv = vec![unpriv_prefix().unwrap().join("bin/husk").to_string_lossy().into_owned()];
+    argv.extend(args.iter().map(|s| s.to_string()));
+    as_user(&argv.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+fn uid_map_is_callers(out: &str) -> bool {
+    let e = env().unwrap();
+    let map: Vec<&str> = out.lines().next().unwrap_or("").split_whitespace().collect();
+    map == [e.uid.to_string(), e.uid.to_string(), "1".into()]
+}
+
+#[test]
+fn userns_flag_drops_root_before_anything_else() {
+    let Some(e) = env() else { return };
+    if e.userns {
+        return; // this file is for the setuid run
+    }
+    let Some(img) = image(Kind::Sif) else { return };
+    let img = img.to_string_lossy().into_owned();
+    for how in ["-u", "--userns", "variable"] {
+        let mut args = vec!["exec"];
+        if how != "variable" {
+            args.push(how);
+        }
+        args.extend_from_slice(&[&img, "cat", "/proc/self/uid_map"]);
+        let mut c = husk(&args);
+        if how == "variable" {
+            c = c.env("HUSK_USERNS", "1");
+        }
+        let r = c.run();
+        assert_eq!(r.code, 0, "{how}: {}", r.stderr);
+        assert!(uid_map_is_callers(&r.stdout), "{how}: {}", r.stdout);
+    }
+    // While the container runs, the starter (which stays, to end
+    // squashfuse) holds no root: real, effective, saved and fs uid are all
+    // the caller's, and it has no capability.
+    let mut child = husk(&["exec", "-u", &img, "sleep", "20"]).command().spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    sh(&format!("kill -TERM {}", child.id()));
+    let _ = child.wait();
+    let uid_line = format!("Uid:\t{0}\t{0}\t{0}\t{0}", e.uid);
+    assert!(status.contains(&uid_line), "{status}");
+    assert!(status.contains("CapEff:\t0000000000000000"), "{status}");
+    assert!(status.contains("CapPrm:\t0000000000000000"), "{status}");
+}
+
+#[test]
+fn disabled_user_namespaces_are_named() {
+    let Some(p) = unpriv_prefix() else { return };
+    let _l = unpriv_lock();
+    let Some(img) = image(Kind::Sif) else { return };
+    // A user namespace of the test's own whose limit of user namespaces is
+    // 0 (the sysctl is per namespace), entered with no capability left.
+    let husk_bin = p.join("bin/husk");
+    let script = format!(
+        "echo 0 > /proc/sys/user/max_user_namespaces && \
+         exec setpriv --ambient-caps -all --inh-caps -all --bounding-set -all {} exec {} true",
+        husk_bin.display(),
+        img.display()
+    );
+    let r = as_user(&["unshare", "--map-current-user", "--keep-caps", "sh", "-c", &script]).run();
+    assert_one_line_error(
+        &r,
+        "user namespaces are disabled on this host (sysctl user.max_user_namespaces = 0)",
+    );
+}
+
+#[test]
+fn missing_squashfuse_is_named_and_unsquash_needs_none() {
+    let Some(p) = unpriv_prefix() else { return };
+    let _l = unpriv_lock();
+    let Some(img) = image(Kind::Sif) else { return };
+    let e = env().unwrap();
+    let husk_bin = p.join("bin/husk");
+    // squashfuse hidden (under /dev/null) in a mount namespace of the test's.
+    // (mount(8) wants uid 0: a namespace with root mapped for that, and
+    // in it another that maps the test user back for husk.)
+    let hide = format!(
+        "for f in /usr/bin/squashfuse /usr/bin/squashfuse_ll; do \
+         [ -e $f ] && mount --bind /dev/null $f; done; \
+         exec unshare --user --map-user={0} --map-group={1} \"$@\"",
+        e.uid, e.gid
+    );
+    let run = |extra: &[&str]| {
+        let mut argv = vec!["unshare", "--map-root-user", "--mount", "sh", "-c", &hide, "sh"];
+        let bin = husk_bin.to_string_lossy();
+        let img = img.to_string_lossy();
+        argv.extend_from_slice(&[&bin, "exec"]);
+        argv.extend_from_slice(extra);
+        argv.extend_from_slice(&[&img, "ls", "/bin/busybox"]);
+        as_user(&argv).run()
+    };
+    let r = run(&[]);
+    assert_one_line_error(&r, "squashfuse is not installed (install the squashfuse package)");
+    assert!(r.stderr.contains("--unsquash"), "{}", r.stderr);
+    let r = run(&["--unsquash"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout, "/bin/busybox\n");
+    // The extracted tree is gone once the container has ended.
+    let left = sh("ls /tmp | grep husk-unsquash || true");
+    assert_eq!(left.trim(), "", "extraction left in /tmp");
+    // The setuid starter runs an extracted image too (as a directory).
+    let r = husk(&["exec", "--unsquash", &img.to_string_lossy(), "true"]).run();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
+#[test]
+fn unprivileged_install_obeys_allow_user_namespaces() {
+    let Some(p) = unpriv_prefix() else { return };
+    let _l = unpriv_lock();
+    let Some(img) = image(Kind::Sif) else { return };
+    let conf = p.join("etc/husk/husk.conf");
+    let saved = std::fs::read(&conf).unwrap();
+    std::fs::write(&conf, "allow user namespaces = no\n").unwrap();
+    let r = unpriv_husk(&["exec", &img.to_string_lossy(), "true"]).run();
+    std::fs::write(&conf, saved).unwrap();
+    assert_one_line_error(&r, "not setuid root, so user namespace mode: not allowed");
+}
+
+/// The Rust toolchain, bound where the test user can reach it (root's home
+/// is closed), for as long as the guard lives.
+struct Toolchain {
+    at: PathBuf,
+}
+
+impl Toolchain {
+    fn bind() -> Toolchain {
+        let e = env().unwrap();
+        let sysroot = sh("rustc --print sysroot").trim().to_string();
+        let at = e.work.join("toolchain");
+        sh(&format!("mkdir -p {0} && mount --bind {1} {0}", at.display(), sysroot));
+        Toolchain { at }
+    }
+}
+
+impl Drop for Toolchain {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.at).status();
+    }
+}
+
+#[test]
+fn a_user_installs_husk_in_their_home_without_root() {
+    let Some(e) = env() else { return };
+    if e.userns || unpriv_prefix().is_none() {
+        return;
+    }
+    let Some(sif) = fixture_sif() else { return };
+    // The source, as the user would have downloaded it.
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let src = e.home.join("husk-src");
+    let local = e.home.join(".local");
+    sh(&format!(
+        "rm -rf {src} {local}/bin/husk {local}/libexec/husk {local}/etc/husk && mkdir -p {src} && \
+         cd {repo} && git ls-files -z | xargs -0 tar -cf - | tar -C {src} -xf - && \
+         chown -R {user}: {src}",
+        src = src.display(),
+        local = local.display(),
+        repo = repo.display(),
+        user = e.user
+    ));
+    let tc = Toolchain::bind();
+    let path = format!("{}/bin:/usr/local/bin:/usr/bin:/bin", tc.at.display());
+    let install = format!(
+        "cd {} && sh packaging/install.sh --unprivileged {}",
+        src.display(),
+        local.display()
+    );
+    let r = as_user(&["sh", "-c", &install])
+        .env("PATH", &path)
+        .env("CARGO_HOME", &e.home.join(".cargo").to_string_lossy())
+        .env("CARGO_TARGET_DIR", &e.home.join("husk-target").to_string_lossy())
+        .run();
+    drop(tc);
+    assert_eq!(r.code, 0, "install: {}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("without setuid"), "{}", r.stdout);
+    // Everything installed is the user's; nothing is setuid.
+    let listing = sh(&format!(
+        "find {0}/bin/husk {0}/libexec/husk {0}/etc/husk -printf '%u %m %p\\n'",
+        local.display()
+    ));
+    for line in listing.lines() {
+        assert!(line.starts_with(&format!("{} ", e.user)), "not the user's: {line}");
+        let mode = line.split_whitespace().nth(1).unwrap();
+        assert!(mode.len() <= 3, "special mode bits: {line}");
+    }
+    // The Apptainer-built SIF runs, through squashfuse, in a user namespace.
+    let husk_bin = local.join("bin/husk").to_string_lossy().into_owned();
+    let r = as_user(&[
+        &husk_bin,
+        "exec",
+        &sif.to_string_lossy(),
+        "sh",
+        "-c",
+        "echo hi; cat /proc/self/uid_map",
+    ])
+    .run();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.starts_with("hi\n"), "{}", r.stdout);
+    assert!(uid_map_is_callers(r.stdout.lines().nth(1).unwrap_or("")), "{}", r.stdout);
+    let r =
+        as_user(&[&husk_bin, "run", &sif.to_string_lossy(), "-c", "echo from the runscript"]).run();
+    assert_eq!((r.code, r.stdout.as_str()), (0, "from the runscript\n"), "{}", r.stderr);
+    sh(&format!("rm -rf {} {}", src.display(), e.home.join("husk-target").display()));
+}
