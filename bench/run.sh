@@ -31,7 +31,7 @@ cache=/var/cache/husk-bench
 
 need=()
 for pkg in hyperfine charliecloud-runtime bubblewrap crun debootstrap squashfs-tools umoci skopeo \
-    docker-registry busybox-static time gzip python3 util-linux; do
+    docker-registry busybox-static time gzip python3 util-linux squashfuse; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -39,6 +39,8 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get update -q >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >&2
 fi
+# FUSE for user-namespace mode, as on a normal Debian install.
+chmod 666 /dev/fuse
 id "$user" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash "$user"
 uhome=$(getent passwd "$user" | cut -d: -f6)
 
@@ -143,6 +145,8 @@ bench() { # NAME HYPERFINE-ARGS... : one hyperfine run as the user, JSON kept
 log "start-up of /bin/true"
 startup=(-n "husk exec IMAGE.sif" "$husk exec $sif /bin/true"
     -n "husk exec DIR" "$husk exec $root /bin/true"
+    -n "husk exec -u IMAGE.sif (user namespace, squashfuse)" "$husk exec -u $sif /bin/true"
+    -n "husk exec -u DIR (user namespace)" "$husk exec -u $root /bin/true"
     -n "ch-run DIR" "ch-run $root -- /bin/true"
     -n "bwrap --ro-bind DIR /" "bwrap --ro-bind $root / --proc /proc --dev /dev /bin/true")
 [ $crun_ok = 0 ] || startup+=(-n "crun run (rootless)" \
