@@ -24,14 +24,15 @@ if [ "$prefix" = /usr ]; then conf=/etc/husk/husk.conf; else conf=$prefix/etc/hu
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 
+target=${CARGO_TARGET_DIR:-target}
 HUSK_CONFIG_PATH=$conf cargo build --release --locked -q -p husk -p husk-starter
 
 install -d -m 755 "$prefix/bin" "$prefix/libexec/husk" "$(dirname "$conf")"
-install -m 755 target/release/husk "$prefix/bin/husk"
+install -m 755 "$target"/release/husk "$prefix/bin/husk"
 if [ $unprivileged = yes ]; then
-    install -m 755 target/release/husk-starter "$prefix/libexec/husk/husk-starter"
+    install -m 755 "$target"/release/husk-starter "$prefix/libexec/husk/husk-starter"
 else
-    install -o root -g root -m 4755 target/release/husk-starter "$prefix/libexec/husk/husk-starter"
+    install -o root -g root -m 4755 "$target"/release/husk-starter "$prefix/libexec/husk/husk-starter"
 fi
 if [ ! -e "$conf" ]; then
     install -m 644 packaging/husk.conf "$conf"

@@ -230,8 +230,10 @@ fn a_user_installs_husk_in_their_home_without_root() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.starts_with("hi\n"), "{}", r.stdout);
     assert!(uid_map_is_callers(r.stdout.lines().nth(1).unwrap_or("")), "{}", r.stdout);
-    let r =
-        as_user(&[&husk_bin, "run", &sif.to_string_lossy(), "-c", "echo from the runscript"]).run();
+    // Its runscript starts the image's shell, which reads stdin.
+    let r = as_user(&[&husk_bin, "run", &sif.to_string_lossy()])
+        .stdin(b"echo from the runscript\n".to_vec())
+        .run();
     assert_eq!((r.code, r.stdout.as_str()), (0, "from the runscript\n"), "{}", r.stderr);
     sh(&format!("rm -rf {} {}", src.display(), e.home.join("husk-target").display()));
 }
