@@ -6,6 +6,13 @@
 mod common;
 use common::*;
 
+/// The tests here compare the whole host before and after: one at a time.
+static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn alone() -> std::sync::MutexGuard<'static, ()> {
+    ALONE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn mounts() -> String {
     std::fs::read_to_string("/proc/self/mountinfo").unwrap()
 }
@@ -37,6 +44,7 @@ fn two_hundred_runs_leave_nothing_behind() {
     if kinds.is_empty() {
         return;
     }
+    let _alone = alone();
     let (m0, l0) = (mounts(), loops());
     for i in 0..200 {
         let (kind, img) = &kinds[i % kinds.len()];
@@ -97,6 +105,7 @@ fn runs_killed_halfway_leave_nothing_behind() {
     if kinds.is_empty() {
         return;
     }
+    let _alone = alone();
     let (m0, l0) = (mounts(), loops());
     for i in 0..20 {
         let (kind, img) = &kinds[i % kinds.len()];
