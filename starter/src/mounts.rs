@@ -480,13 +480,14 @@ fn attach_loop(img: &Image, max: u32) -> Result<(OwnedFd, CString)> {
     let end = first.saturating_add(LOOP_CANDIDATES).min(max);
     for n in first..end {
         let dev = CString::new(format!("/dev/loop{n}")).map_err(|_| Error::new("loop path"))?;
-        let what = || format!("open {}", dev.to_string_lossy());
-        let fd = match sys::open(&dev, libc::O_RDONLY) {
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                sys::loop_add(control.as_fd(), n).ctx(|| format!("add loop device {n}"))?;
-                sys::open(&dev, libc::O_RDONLY).ctx(what)?
+        let fd = match open_loop(control.as_fd(), &dev, n) {
+            Ok(fd) => fd,
+            // Still being made by a concurrent start, or going: the next.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENXIO)) => {
+                last = Some(e);
+                continue;
             }
-            r => r.ctx(what)?,
+            Err(e) => return Err(Error::io(format!("open {}", dev.to_string_lossy()), e)),
         };
         match sys::loop_configure(fd.as_fd(), img.fd.as_fd(), img.offset, img.size) {
             Ok(()) => return Ok((fd, dev)),
@@ -501,6 +502,33 @@ fn attach_loop(img: &Image, max: u32) -> Result<(OwnedFd, CString)> {
         )));
     }
     Err(Error::io("configure loop device", last.unwrap_or_else(|| std::io::Error::other("busy"))))
+}
+
+/// Open loop device `n`, adding it if it does not exist. A device that
+/// another start is adding may, for a moment, have no node yet (ENOENT) or
+/// not be live yet (ENXIO): wait for it a little (up to 100 ms), as a fresh
+/// machine, which has few devices, makes many starts add them at once.
+fn open_loop(control: BorrowedFd<'_>, dev: &CStr, n: u32) -> std::io::Result<OwnedFd> {
+    let mut added = false;
+    let mut tries = 0;
+    loop {
+        match sys::open(dev, libc::O_RDONLY) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) && !added => {
+                added = true;
+                match sys::loop_add(control, n) {
+                    Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(e),
+                    _ => {}
+                }
+            }
+            Err(e)
+                if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENXIO)) && tries < 50 =>
+            {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            r => return r,
+        }
+    }
 }
 
 /// The container root and the device number of its overlay: directories on

@@ -50,6 +50,56 @@ fn starts_pass_over_a_claimed_loop_device_and_survive_a_crowd() {
     assert_eq!(failed, Vec::<String>::new(), "starts among 64 concurrent ones failed");
 }
 
+/// Remove every loop device that nothing uses, as on a fresh machine,
+/// where concurrent starts must create devices (and a device another start
+/// is creating may not be openable yet: no node, or not live).
+fn remove_unused_loop_devices() {
+    sh(r#"python3 - <<'EOF'
+import fcntl, os
+ctl = os.open("/dev/loop-control", os.O_RDWR)
+for name in os.listdir("/sys/block"):
+    if name.startswith("loop") and not os.path.exists(f"/sys/block/{name}/loop"):
+        try:
+            fcntl.ioctl(ctl, 0x4C81, int(name[4:]))  # LOOP_CTL_REMOVE
+        except OSError:
+            pass
+EOF"#);
+}
+
+#[test]
+fn a_crowd_of_starts_that_must_create_loop_devices_all_succeed() {
+    if env().is_none() {
+        return;
+    }
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(e) = env() else { return };
+    let Some(sif) = image(Kind::Sif) else { return };
+    // Several files, so that the starts cannot all share one device.
+    let copies: Vec<String> = (0..8)
+        .map(|i| {
+            let c = e.work.join(format!("images/busybox-crowd-{i}.sif"));
+            sh(&format!("cp {} {1} && chmod 644 {1}", sif.display(), c.display()));
+            c.to_string_lossy().into_owned()
+        })
+        .collect();
+    for round in 0..3 {
+        remove_unused_loop_devices();
+        let crowd: Vec<_> = (0..32)
+            .map(|i| {
+                let img = copies[i % copies.len()].clone();
+                std::thread::spawn(move || husk(&["exec", &img, "true"]).run())
+            })
+            .collect();
+        let failed: Vec<String> = crowd
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .filter(|r| r.code != 0)
+            .map(|r| format!("{}: {}", r.code, r.stderr.trim()))
+            .collect();
+        assert_eq!(failed, Vec::<String>::new(), "round {round}: starts failed");
+    }
+}
+
 #[test]
 fn containers_of_one_image_share_its_loop_device_and_no_other() {
     let Some(e) = env() else { return };
