@@ -33,14 +33,20 @@ impl Unpacked {
         let tool = find_tool()?;
         let base = std::env::temp_dir();
         sweep(&base);
-        let dir = base.join(format!("{PREFIX}{}", std::process::id()));
-        if dir.exists() {
-            remove(&dir);
-        }
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&dir)
-            .with_context(|| format!("--unsquash: create {}", dir.display()))?;
+        // PREFIX, our pid (for `sweep`), then something no one can guess:
+        // another user may not block the name in a shared /tmp.
+        let mut tries = 0;
+        let dir = loop {
+            let dir = base.join(format!("{PREFIX}{}-{:016x}", std::process::id(), random()?));
+            match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries < 8 => tries += 1,
+                r => {
+                    break r
+                        .map(|_| dir.clone())
+                        .with_context(|| format!("--unsquash: create {}", dir.display()))?
+                }
+            }
+        };
         let root = dir.join("root");
         let u = Unpacked { dir, root };
         let offset = match img.kind {
@@ -79,6 +85,14 @@ impl Drop for Unpacked {
     }
 }
 
+fn random() -> Result<u64> {
+    let mut b = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .context("--unsquash: read /dev/urandom")?;
+    Ok(u64::from_le_bytes(b))
+}
+
 /// Remove a tree the caller made, though some of its directories may be
 /// read-only (an image's /proc, /sys, a 0555 directory).
 fn remove(dir: &Path) {
@@ -104,7 +118,8 @@ fn sweep(base: &Path) {
     let me = crate::sys::ids().0;
     for e in rd.flatten() {
         let name = e.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(PREFIX)) else { continue };
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(PREFIX)) else { continue };
+        let pid = rest.split('-').next().unwrap_or("");
         if pid.parse::<u32>().is_err() || Path::new("/proc").join(pid).exists() {
             continue;
         }

@@ -147,7 +147,10 @@ fn open_trusted(path: &str, user: Option<u32>) -> Result<OwnedFd> {
 /// without privileges (whose own config may then be theirs).
 pub fn load(user: Option<u32>) -> Result<Config> {
     let fd = open_trusted(CONFIG_PATH, user)?;
-    let mut text = String::new();
+    // Room for all of it at once: the text is never moved, and is wiped
+    // below (in user-namespace mode the starter becomes dumpable, and the
+    // file may be readable by root alone).
+    let mut text = String::with_capacity(MAX_CONFIG as usize + 1);
     std::fs::File::from(fd)
         .take(MAX_CONFIG + 1)
         .read_to_string(&mut text)
@@ -155,7 +158,11 @@ pub fn load(user: Option<u32>) -> Result<Config> {
     if text.len() as u64 > MAX_CONFIG {
         return Err(Error::new(format!("config {CONFIG_PATH}: larger than 64 KiB")));
     }
-    parse(&text).map_err(|e| Error::new(format!("config {CONFIG_PATH}: {e}")))
+    let conf = parse(&text).map_err(|e| Error::new(format!("config {CONFIG_PATH}: {e}")));
+    let mut bytes = text.into_bytes();
+    bytes.fill(0);
+    std::hint::black_box(&bytes);
+    conf
 }
 
 fn yes_no(v: &str) -> std::result::Result<bool, String> {

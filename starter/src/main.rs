@@ -34,16 +34,19 @@ fn run() -> Result<Infallible> {
     let conf = config::load((!caller.privileged).then_some(caller.uid))?;
     let user_ns = choose_user_ns(&req, &conf, &caller)?;
     check_policy(&req, &conf)?;
+    let mut checked = None;
     if user_ns {
         // Nothing privileged from here on: drop first, then a user
         // namespace of the caller's own.
         if caller.privileged {
             privs::drop_for_good(&caller)?;
+            caller.privileged = false;
         }
+        checked = Some(objects::check_image_early(&req, &conf, &caller)?);
         userns::enter(&mut caller)?;
     }
     // 4. open the image and bind sources as the caller; keep the fds
-    let objs = objects::open_all(&req, &conf, &caller)?;
+    let objs = objects::open_all(&req, &conf, &caller, checked)?;
     // 5. namespaces, image, mounts, pivot_root
     mounts::build(&req, &caller, objs, &conf)?;
     // 6. drop to the caller for good

@@ -111,7 +111,16 @@ pub fn build(req: &Request, caller: &Caller, objs: Objects, conf: &Config) -> Re
             // Private like every other detached tree, though it lives only
             // for a moment in the private staging area.
             sys::set_mount_attrs(probe.as_fd(), 0, true).ctx(|| "clone image directory".into())?;
-            Some((detach(fd, b"/", true, false, attrs)?.tree, probe))
+            // In a user namespace the kernel refuses the copy without the
+            // mounts inside (which they would reveal) at once.
+            let tree = match sys::clone_tree(fd, false) {
+                Err(e) if caller.userns && e.raw_os_error() == Some(libc::EINVAL) => {
+                    return Err(inner_mounts(&req.image.path))
+                }
+                r => r.ctx(|| "bind /".into())?,
+            };
+            sys::set_mount_attrs(tree.as_fd(), attrs, false).ctx(|| "bind /".into())?;
+            Some((tree, probe))
         }
         _ => None,
     };
@@ -133,12 +142,19 @@ pub fn build(req: &Request, caller: &Caller, objs: Objects, conf: &Config) -> Re
             flags |= flag;
         }
     }
-    // The other namespaces after the image in user-namespace mode, whose
-    // squashfuse must not be born into the container's PID namespace (as
-    // its PID 1); before it in setuid mode, where the mount namespace
-    // comes with them.
+    // In user-namespace mode a new PID namespace comes after the image,
+    // whose squashfuse must not be born into it (as its PID 1); the others
+    // before it, so that squashfuse, which the container could reach,
+    // lives in them too.
+    let (now, later) = if caller.userns {
+        (flags & !libc::CLONE_NEWPID, flags & libc::CLONE_NEWPID)
+    } else {
+        (flags, 0)
+    };
+    if now != 0 {
+        sys::unshare(now).ctx(|| "unshare namespaces".into())?;
+    }
     if !caller.userns {
-        sys::unshare(flags).ctx(|| "unshare namespaces".into())?;
         sys::mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None)
             .ctx(|| "make / private".into())?;
     }
@@ -154,8 +170,8 @@ pub fn build(req: &Request, caller: &Caller, objs: Objects, conf: &Config) -> Re
         None if caller.userns => crate::userns::attach_squashfuse(&objs.image, LOWER, caller)?,
         None => attach_squashfs(&objs.image, conf)?,
     }
-    if caller.userns && flags != 0 {
-        sys::unshare(flags).ctx(|| "unshare namespaces".into())?;
+    if later != 0 {
+        sys::unshare(later).ctx(|| "unshare the PID namespace".into())?;
     }
     if ns.pid {
         // From here on, the namespace's PID 1 builds the container. (Not
@@ -190,6 +206,7 @@ pub fn build(req: &Request, caller: &Caller, objs: Objects, conf: &Config) -> Re
         root: RefCell::new(root),
         caller,
         mirrors: RefCell::new(Vec::new()),
+        writable: req.writable_tmpfs,
     };
 
     write_identity(&tree, req, caller)?;
@@ -233,13 +250,17 @@ fn refuse_inner_mounts(probe: OwnedFd, image: &[u8]) -> Result<()> {
     drop((probe, at));
     match sys::umount(PROBE) {
         Ok(()) => Ok(()),
-        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Err(Error::new(format!(
-            "image {}: the directory has mount points inside it, which could hide files from you; \
-             husk does not run such a directory",
-            show(image)
-        ))),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Err(inner_mounts(image)),
         Err(e) => Err(Error::io("detach image probe", e)),
     }
+}
+
+fn inner_mounts(image: &[u8]) -> Error {
+    Error::new(format!(
+        "image {}: the directory has mount points inside it, which could hide files from you; \
+         husk does not run such a directory",
+        show(image)
+    ))
 }
 
 /// A private tmpfs for the overlay's upper and work directories.
@@ -419,7 +440,12 @@ fn minimal_dev(userns: bool) -> Result<Detached> {
         Some(c"mode=1777"),
     )
     .ctx(|| "mount /dev/shm".into())?;
-    detach(dir.as_fd(), b"/dev", true, true, sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NOEXEC)
+    let d =
+        detach(dir.as_fd(), b"/dev", true, true, sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NOEXEC)?;
+    // Nothing may be added to it (in a user namespace the caller owns it);
+    // its devpts and /dev/shm stay writable.
+    sys::set_mount_attrs(d.tree.as_fd(), sys::MOUNT_ATTR_RDONLY, false).ctx(what)?;
+    Ok(d)
 }
 
 /// Mount a squashfs image through a loop device, read-only, nosuid, nodev, at `LOWER`.
@@ -542,6 +568,8 @@ struct Tree<'a> {
     caller: &'a Caller,
     /// The mirrors made in user-namespace mode (see [`Tree::mirror`]).
     mirrors: RefCell<Vec<OwnedFd>>,
+    /// `--writable-tmpfs`: what a mirror binds stays writable.
+    writable: bool,
 }
 
 fn kind(st: &sys::Stat) -> libc::mode_t {
@@ -607,6 +635,11 @@ impl Tree<'_> {
             }
             let spot = self.create(m.as_fd(), &ename, k == libc::S_IFDIR, p)?;
             let t = sys::clone_tree(child.as_fd(), k == libc::S_IFDIR).ctx(what)?;
+            if !self.writable {
+                // As the root they come from will be (what is mounted
+                // inside them keeps its own flags).
+                sys::set_mount_attrs(t.as_fd(), sys::MOUNT_ATTR_RDONLY, false).ctx(what)?;
+            }
             sys::move_mount_to(t.as_fd(), spot.as_fd()).ctx(what)?;
         }
         let dev = sys::fstat(m.as_fd()).ctx(what)?.st_dev;

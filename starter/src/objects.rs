@@ -168,7 +168,10 @@ fn check_limits(conf: &Config, fd: BorrowedFd<'_>, st: &sys::Stat, what: &str) -
     Ok(())
 }
 
-fn open_image(req: &Request, conf: &Config) -> Result<Image> {
+/// The image's identity (`st_dev`, `st_ino`) once its limits are checked.
+pub type Checked = (u64, u64);
+
+fn open_image_fd(req: &Request) -> Result<(OwnedFd, sys::Stat)> {
     let path = cpath("image", &req.image.path)?;
     let what = || format!("image {}", show(&req.image.path));
     let dir = req.image.kind == ImageKind::Dir;
@@ -178,7 +181,30 @@ fn open_image(req: &Request, conf: &Config) -> Result<Image> {
         | if dir { libc::O_DIRECTORY } else { 0 };
     let fd = sys::open_user_path(&path, flags).map_err(|e| open_failed(what(), e))?;
     let st = sys::fstat(fd.as_fd()).ctx(what)?;
-    check_limits(conf, fd.as_fd(), &st, &what())?;
+    Ok((fd, st))
+}
+
+/// In user-namespace mode, before the namespace exists: check the image's
+/// limits while its owner and group still show as the host has them (in
+/// the namespace all but the caller's show as the overflow id).
+pub fn check_image_early(req: &Request, conf: &Config, caller: &Caller) -> Result<Checked> {
+    as_caller(caller, || {
+        let (fd, st) = open_image_fd(req)?;
+        check_limits(conf, fd.as_fd(), &st, &format!("image {}", show(&req.image.path)))?;
+        Ok((st.st_dev, st.st_ino))
+    })
+}
+
+fn open_image(req: &Request, conf: &Config, checked: Option<Checked>) -> Result<Image> {
+    let what = || format!("image {}", show(&req.image.path));
+    let (fd, st) = open_image_fd(req)?;
+    match checked {
+        None => check_limits(conf, fd.as_fd(), &st, &what())?,
+        Some(id) if id != (st.st_dev, st.st_ino) => {
+            return Err(Error::new(format!("{}: changed while husk started", what())))
+        }
+        Some(_) => {}
+    }
     let (offset, size) = match req.image.kind {
         ImageKind::Dir => return Ok(Image { fd, kind: ImageKind::Dir, offset: 0, size: 0 }),
         ImageKind::Sif { offset, size } => (offset, size),
@@ -247,9 +273,15 @@ fn open_system_dir(path: &'static std::ffi::CStr) -> Result<OwnedFd> {
         .ctx(|| format!("host {}", path.to_string_lossy()))
 }
 
-pub fn open_all(req: &Request, conf: &Config, caller: &Caller) -> Result<Objects> {
+/// `checked`: the image's limits were checked already, on this file.
+pub fn open_all(
+    req: &Request,
+    conf: &Config,
+    caller: &Caller,
+    checked: Option<Checked>,
+) -> Result<Objects> {
     let (image, home, binds) = as_caller(caller, || {
-        let image = open_image(req, conf)?;
+        let image = open_image(req, conf, checked)?;
         let home = match &req.home {
             Some(h) if conf.mount_home => Some(open_bind_source("home", h)?),
             _ => None,

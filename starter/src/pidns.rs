@@ -146,6 +146,17 @@ fn relay(child: libc::pid_t, reap_all: bool) -> i32 {
                     }
                 }
             }
+            // Job control: ^Z stopped the container (the terminal signals
+            // its whole process group); the starter stops too, so that the
+            // shell sees a stopped job, and `fg` continues them both. (Not
+            // PID 1, which cannot stop.) A stop sent to the starter alone
+            // goes on to the container first.
+            Some((sig @ (libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU), sent)) if !reap_all => {
+                if sent {
+                    sys::kill(child, sig);
+                }
+                sys::stop_self();
+            }
             Some((sig, true)) if !sys::kill(child, sig) => held.push(sig),
             _ => {}
         }

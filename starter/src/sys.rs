@@ -894,6 +894,12 @@ pub fn execve(path: &CStr, argv: &[CString], envp: &[CString]) -> io::Error {
     io::Error::last_os_error()
 }
 
+/// Stop this process (SIGSTOP cannot be blocked) until it is continued.
+pub fn stop_self() {
+    // SAFETY: integer arguments only.
+    unsafe { libc::kill(libc::getpid(), libc::SIGSTOP) };
+}
+
 /// End by `sig` (its default action), else exit with 128 + `sig`.
 pub fn die_of(sig: libc::c_int) -> ! {
     // SAFETY: a default disposition, an unblocked signal, sent to ourselves.

@@ -233,6 +233,14 @@ fn image_formats_owners_groups_and_paths_are_limited() {
     assert_eq!(run_true().code, 0);
     write_conf("limit container groups = 4242\n");
     refused_both_ways(&[&sif_s], &req, "limit container groups");
+    // In user-namespace mode the owner is checked as the host has it, not
+    // as the namespace shows it (unmapped: the overflow id 65534).
+    write_conf("limit container owners = 0\n");
+    let r = husk(&["exec", "-u", &sif_s, "true"]).run();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    write_conf("limit container owners = 65534\nlimit container groups = 65534\n");
+    let r = husk(&["exec", "-u", &sif_s, "true"]).run();
+    assert_one_line_error(&r, "limit container owners");
 
     // Paths compare whole components, on where the file really is.
     let scratch = e.work.join("scratch");
@@ -362,4 +370,44 @@ fn user_bind_control_no_cannot_be_got_round_with_a_forged_cwd() {
         assert_one_line_error(&r, "not allowed by 'user bind control'");
         assert!(r.stdout.is_empty(), "{dir}: a forged start directory was bound");
     }
+}
+
+/// In user-namespace mode the starter becomes dumpable after its drop (to
+/// write its own uid map), and with squashfuse it stays while the
+/// container runs: nothing of a root-only config may be left in its memory.
+#[test]
+fn a_root_only_config_leaves_nothing_in_the_dumpable_starter() {
+    let Some(img) = image(Kind::Sif) else { return };
+    let _r = edit();
+    let token = format!("HUSK-SECRET-{}", std::process::id());
+    write_conf(&format!("# {token}\nallow setuid = yes\n"));
+    sh(&format!("chmod 600 {}", conf().display()));
+    let mut child =
+        husk(&["exec", "-u", &img.to_string_lossy(), "sleep", "20"]).command().spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let pid = child.id();
+    // The whole writable memory of the starter, read as root.
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut found = false;
+    let mut regions = 0;
+    for line in maps.lines() {
+        let mut f = line.split_whitespace();
+        let (range, perms) = (f.next().unwrap(), f.next().unwrap());
+        if !perms.starts_with("rw") {
+            continue;
+        }
+        let (a, b) = range.split_once('-').unwrap();
+        let (a, b) = (u64::from_str_radix(a, 16).unwrap(), u64::from_str_radix(b, 16).unwrap());
+        let mut buf = vec![0u8; (b - a) as usize];
+        use std::io::{Read, Seek, SeekFrom};
+        if mem.seek(SeekFrom::Start(a)).is_ok() && mem.read_exact(&mut buf).is_ok() {
+            regions += 1;
+            found |= buf.windows(token.len()).any(|w| w == token.as_bytes());
+        }
+    }
+    sh(&format!("kill -TERM {pid}"));
+    let _ = child.wait();
+    assert!(regions > 0, "no memory read");
+    assert!(!found, "the config's text is still in the starter's memory");
 }

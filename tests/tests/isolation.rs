@@ -221,7 +221,8 @@ fn contain_gives_an_empty_home_fresh_tmp_and_a_minimal_dev() {
     let script = format!(
         "echo home=$HOME; echo pwd=$(pwd); ls -A $HOME | wc -l; ls /tmp/{marker} /var/tmp/{marker} 2>&1 | wc -l; \
          ls -A /dev | tr '\\n' ' '; echo; ls -A /dev/pts | tr '\\n' ' '; echo; \
-         echo x > /dev/null && head -c 8 /dev/urandom | wc -c; touch ~/mine /tmp/mine && echo wrote"
+         echo x > /dev/null && head -c 8 /dev/urandom | wc -c; touch ~/mine /tmp/mine && echo wrote; \
+         touch /dev/added 2>/dev/null && echo dev-writable || echo dev-closed"
     );
     for how in ["-c", "--contain", "variable"] {
         let mut args = vec!["exec"];
@@ -249,7 +250,9 @@ fn contain_gives_an_empty_home_fresh_tmp_and_a_minimal_dev() {
         ];
         assert_eq!(dev, want, "{how}: /dev");
         assert_eq!(lines[5].trim(), "ptmx", "{how}: a devpts of its own");
-        assert_eq!(lines[6..], ["8", "wrote"], "{how}");
+        // Nothing can be added to the minimal /dev (in a user namespace
+        // the caller owns its tmpfs: it is read-only).
+        assert_eq!(lines[6..], ["8", "wrote", "dev-closed"], "{how}");
     }
     // Nothing written inside reached the host.
     assert!(!e.home.join("mine").exists());
@@ -563,4 +566,74 @@ fn a_stopped_pid_namespace_dies_with_a_killed_husk() {
         }
     }
     assert_eq!(survivors, Vec::<String>::new(), "container processes outlived husk");
+}
+
+/// ^Z at a terminal stops the container and `fg` continues it, with or
+/// without a PID namespace: husk itself stops too (when it stays as the
+/// container's parent, as with --pid or in user-namespace mode), so the
+/// caller's shell sees a stopped job.
+#[test]
+fn ctrl_z_stops_the_job_and_fg_continues_it() {
+    let Some(img) = fixture() else { return };
+    let husk_bin = env().unwrap().prefix.join("bin/husk");
+    let script = r#"
+import os, pty, sys, time, select
+husk, img, flag = sys.argv[1], sys.argv[2], sys.argv[3]
+pid, fd = pty.fork()
+if pid == 0:
+    os.execvp("bash", ["bash", "--norc", "--noprofile", "-i"])
+seen = b""
+def expect(what, secs):
+    global seen
+    end = time.time() + secs
+    while what not in seen and time.time() < end:
+        r, _, _ = select.select([fd], [], [], 0.1)
+        if r:
+            try:
+                seen += os.read(fd, 4096)
+            except OSError:
+                break
+    return what in seen
+os.write(fd, f"{husk} exec {flag} {img} sleep 2\n".encode())
+time.sleep(1.0)
+os.write(fd, b"\x1a")
+stopped = expect(b"Stopped", 5)
+# bash reads the second line once `fg` has waited for the job to end.
+os.write(fd, b"fg\necho RC$?\n")
+done = expect(b"RC0", 15)
+os.write(fd, b"exit\n")
+print("stopped" if stopped else "not stopped", "done" if done else "not done")
+"#;
+    for flag in ["-p", "--no-home"] {
+        let r = as_user(&["python3", "-c", script, &husk_bin.to_string_lossy(), &img, flag]).run();
+        assert_eq!(r.stdout.trim(), "stopped done", "{flag}: {}", r.stderr);
+    }
+}
+
+/// Every mount of the image is read-only, however husk had to make mount
+/// points in it (in a user namespace it covers such directories with
+/// mirrors of binds: those binds are read-only too).
+#[test]
+fn the_image_is_read_only_wherever_it_shows() {
+    let Some(img) = fixture() else { return };
+    let e = env().unwrap();
+    let src = e.work.join("ro-bind-src");
+    sh(&format!("mkdir -p {0} && chmod 755 {0}", src.display()));
+    let bind = format!("{}:/newtop/inner", src.display());
+    let script = "cat /proc/self/mountinfo; touch /bin/husk-x 2>/dev/null && echo wrote-bin; \
+                  touch /newtop/husk-x 2>/dev/null && echo wrote-top; true";
+    let r = husk(&["exec", "-B", &bind, &img, "sh", "-c", script]).run();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!r.stdout.contains("wrote"), "{}", r.stdout);
+    let mut image_mounts = 0;
+    for line in r.stdout.lines() {
+        let Some((left, right)) = line.split_once(" - ") else { continue };
+        let fstype = right.split_whitespace().next().unwrap_or("");
+        if fstype == "overlay" || fstype.starts_with("fuse.squashfuse") {
+            image_mounts += 1;
+            let opts = left.split_whitespace().nth(5).unwrap_or("");
+            assert!(opts.split(',').any(|o| o == "ro"), "not read-only: {line}");
+        }
+    }
+    assert!(image_mounts > 0, "no image mount found:\n{}", r.stdout);
 }

@@ -237,3 +237,65 @@ fn a_user_installs_husk_in_their_home_without_root() {
     assert_eq!((r.code, r.stdout.as_str()), (0, "from the runscript\n"), "{}", r.stderr);
     sh(&format!("rm -rf {} {}", src.display(), e.home.join("husk-target").display()));
 }
+
+/// squashfuse, which the container's processes could reach (same uid, and
+/// without --pid the same PID namespace), lives in the container's network,
+/// IPC and UTS namespaces: it is no way out of them.
+#[test]
+fn squashfuse_shares_the_containers_namespaces() {
+    let Some(e) = env() else { return };
+    if e.userns {
+        return;
+    }
+    let Some(img) = image(Kind::Sif) else { return };
+    let mut child =
+        husk(&["exec", "-u", "--net", "--ipc", "--uts", &img.to_string_lossy(), "sleep", "20"])
+            .command()
+            .spawn()
+            .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let starter = child.id().to_string();
+    let mut helper = None;
+    let mut payload = None;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let p = entry.path();
+        let stat = std::fs::read_to_string(p.join("stat")).unwrap_or_default();
+        let ppid = stat.rsplit(") ").next().unwrap_or("").split_whitespace().nth(1).unwrap_or("");
+        if ppid != starter {
+            continue;
+        }
+        let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
+        if comm.starts_with("squashfuse") {
+            helper = Some(p);
+        } else if comm.trim() == "sleep" {
+            payload = Some(p);
+        }
+    }
+    let ns = |p: &std::path::Path, n: &str| std::fs::read_link(p.join("ns").join(n)).unwrap();
+    let (helper, payload) = (helper.expect("squashfuse"), payload.expect("payload"));
+    let host = std::path::Path::new("/proc/self");
+    for n in ["net", "ipc", "uts", "mnt", "user"] {
+        assert_eq!(ns(&helper, n), ns(&payload, n), "{n}");
+        assert_ne!(ns(&helper, n), ns(host, n), "{n}");
+    }
+    sh(&format!("kill -TERM {starter}"));
+    let _ = child.wait();
+}
+
+/// A directory image with a mount inside is refused with the same words in
+/// a user namespace (where the kernel refuses its copy at once).
+#[test]
+fn a_directory_with_mounts_inside_is_refused_in_a_user_namespace_too() {
+    let Some(e) = env() else { return };
+    if e.userns || image(Kind::Sif).is_none() {
+        return;
+    }
+    let d = e.work.join("overmounted-u");
+    sh(&format!(
+        "rm -rf {0} && mkdir -p {0}/hidden {0}/bin && echo HIDDEN > {0}/hidden/secret && chmod -R a+rX {0} && mount -t tmpfs husk-test {0}/hidden",
+        d.display()
+    ));
+    let r = husk(&["exec", "-u", &d.to_string_lossy(), "cat", "/hidden/secret"]).run();
+    sh(&format!("umount {}/hidden", d.display()));
+    assert_one_line_error(&r, "mount points inside it");
+}
