@@ -72,9 +72,15 @@ fn two_hundred_runs_leave_nothing_behind() {
 /// container's mounts live in its own namespace, so the host's table alone
 /// would not tell).
 fn fuse_leftovers() -> Vec<String> {
+    let uid = env().unwrap().uid;
     let mut found = vec![];
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let p = entry.path();
+        // The test user's processes (other users' containers are theirs).
+        use std::os::unix::fs::MetadataExt;
+        if std::fs::metadata(&p).map(|m| m.uid()).ok() != Some(uid) {
+            continue;
+        }
         let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
         if comm.starts_with("squashfuse") {
             found.push(format!("process {} {}", entry.file_name().to_string_lossy(), comm.trim()));
