@@ -25,7 +25,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 
 target=${CARGO_TARGET_DIR:-target}
-HUSK_CONFIG_PATH=$conf cargo build --release --locked -q -p husk -p husk-starter
+HUSK_PREFIX=$prefix HUSK_CONFIG_PATH=$conf cargo build --release --locked -q -p husk -p husk-starter
 
 install -d -m 755 "$prefix/bin" "$prefix/libexec/husk" "$(dirname "$conf")"
 install -m 755 "$target"/release/husk "$prefix/bin/husk"

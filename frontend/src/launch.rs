@@ -428,6 +428,7 @@ pub fn build_request(opts: &RunOpts, img: &ImageInfo, action: Action) -> Result<
         fresh_home,
         minimal_dev: opts.contain,
         no_init: opts.no_init,
+        end_with_parent: false,
     })
 }
 
@@ -515,7 +516,9 @@ fn run_unsquashed(opts: &RunOpts, img: ImageInfo, action: Action) -> Result<Exit
     let mut dir_img = img;
     dir_img.path = tmp.root().to_path_buf();
     dir_img.kind = husk_protocol::ImageKind::Dir;
-    let req = build_request(&opts.expanded(), &dir_img, action)?;
+    let mut req = build_request(&opts.expanded(), &dir_img, action)?;
+    // Killed, husk could not remove the extraction: the container ends too.
+    req.end_with_parent = true;
     let child = sys::fork().context("fork")?;
     if child == 0 {
         let err = hand_over(&req).err().map(|e| format!("{e:#}")).unwrap_or_default();
@@ -531,7 +534,26 @@ fn run_unsquashed(opts: &RunOpts, img: ImageInfo, action: Action) -> Result<Exit
     }
     let code = sys::wait_code(child).context("wait for the container")?;
     drop(tmp);
+    // Ended by a signal, the container's end looks the same from outside.
+    if code > 128 && quiet_signal(i32::from(code) - 128) {
+        sys::die_of(i32::from(code) - 128);
+    }
     Ok(ExitCode::from(code))
+}
+
+/// Signals whose default action ends a process without a core dump.
+fn quiet_signal(sig: i32) -> bool {
+    [
+        libc::SIGHUP,
+        libc::SIGINT,
+        libc::SIGKILL,
+        libc::SIGPIPE,
+        libc::SIGALRM,
+        libc::SIGTERM,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+    ]
+    .contains(&sig)
 }
 
 pub fn inspect(image: &str, as_json: bool, arch: Option<&str>, insecure: bool) -> Result<()> {

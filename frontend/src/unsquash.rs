@@ -7,7 +7,8 @@
 use crate::image::ImageInfo;
 use anyhow::{bail, Context, Result};
 use husk_protocol::ImageKind;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::io::IsTerminal;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -38,12 +39,19 @@ impl Unpacked {
         let mut tries = 0;
         let dir = loop {
             let dir = base.join(format!("{PREFIX}{}-{:016x}", std::process::id(), random()?));
+            crate::scratch::watch_dir(&dir);
             match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries < 8 => tries += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries < 8 => {
+                    crate::scratch::forget_dir(&dir);
+                    tries += 1;
+                }
                 r => {
+                    if r.is_err() {
+                        crate::scratch::forget_dir(&dir);
+                    }
                     break r
                         .map(|_| dir.clone())
-                        .with_context(|| format!("--unsquash: create {}", dir.display()))?
+                        .with_context(|| format!("--unsquash: create {}", dir.display()))?;
                 }
             }
         };
@@ -53,22 +61,50 @@ impl Unpacked {
             ImageKind::Sif { offset, .. } => offset,
             _ => 0,
         };
-        let out = Command::new(&tool)
-            .args(["-n", "-no-xattrs", "-o", &offset.to_string(), "-d"])
+        if std::io::stderr().is_terminal() {
+            eprintln!("husk: extracting {} into {}", img.path.display(), u.dir.display());
+        }
+        // -ig: a device node, which only root may make, is left out rather
+        // than failing the whole extraction (what else failed is told
+        // apart below).
+        let child = Command::new(&tool)
+            .args(["-n", "-no-xattrs", "-ig", "-o", &offset.to_string(), "-d"])
             .arg(u.root())
             .arg(&img.path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
-            .output()
+            .spawn()
             .with_context(|| format!("--unsquash: run {}", tool.display()))?;
-        if !out.status.success() || !u.root().is_dir() {
-            let err = String::from_utf8_lossy(&out.stderr);
-            let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("failed");
-            bail!(
-                "--unsquash: unsquashfs could not extract {}: {}",
-                img.path.display(),
-                last.trim()
+        // Interrupted now, husk kills it and removes the tree.
+        crate::scratch::set_child(child.id());
+        let out = child.wait_with_output().context("--unsquash: wait for unsquashfs")?;
+        crate::scratch::set_child(0);
+        let err = String::from_utf8_lossy(&out.stderr);
+        let devices = err.lines().filter(|l| is_device_error(l)).count();
+        let other: Vec<&str> = err
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !is_device_error(l))
+            .filter(|l| l.contains("FATAL") || l.contains("rror") || l.contains("could not"))
+            .collect();
+        let ok = match out.status.code() {
+            Some(0) => true,
+            Some(2) => other.is_empty(),
+            _ => false,
+        };
+        if !ok || !u.root().is_dir() {
+            let lines: Vec<&str> = err.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+            let why = match other.as_slice() {
+                [] => lines[lines.len().saturating_sub(2)..].join("; "),
+                o => o[o.len().saturating_sub(2)..].join("; "),
+            };
+            let why = if why.is_empty() { "failed".to_string() } else { why };
+            bail!("--unsquash: unsquashfs could not extract {}: {why}", img.path.display());
+        }
+        if devices > 0 {
+            eprintln!(
+                "husk: warning: --unsquash: {devices} device node(s) of the image left out (only root can make them)"
             );
         }
         Ok(u)
@@ -79,9 +115,14 @@ impl Unpacked {
     }
 }
 
+fn is_device_error(line: &str) -> bool {
+    line.contains("could not create") && line.contains("not superuser")
+}
+
 impl Drop for Unpacked {
     fn drop(&mut self) {
-        remove(&self.dir);
+        crate::scratch::remove_tree(&self.dir);
+        crate::scratch::forget_dir(&self.dir);
     }
 }
 
@@ -91,25 +132,6 @@ fn random() -> Result<u64> {
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
         .context("--unsquash: read /dev/urandom")?;
     Ok(u64::from_le_bytes(b))
-}
-
-/// Remove a tree the caller made, though some of its directories may be
-/// read-only (an image's /proc, /sys, a 0555 directory).
-fn remove(dir: &Path) {
-    fn open_up(p: &Path) {
-        let Ok(md) = std::fs::symlink_metadata(p) else { return };
-        if !md.is_dir() {
-            return;
-        }
-        let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700));
-        if let Ok(rd) = std::fs::read_dir(p) {
-            for e in rd.flatten() {
-                open_up(&e.path());
-            }
-        }
-    }
-    open_up(dir);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// Extractions whose husk is gone (killed): removed, if they are ours.
@@ -124,7 +146,7 @@ fn sweep(base: &Path) {
             continue;
         }
         if e.metadata().is_ok_and(|m| m.uid() == me) {
-            remove(&e.path());
+            crate::scratch::remove_tree(&e.path());
         }
     }
 }

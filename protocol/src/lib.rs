@@ -70,6 +70,9 @@ pub struct Request {
     /// With `namespaces.pid`: run the payload itself as PID 1, without
     /// husk's small init.
     pub no_init: bool,
+    /// The container ends if the process that started the starter does
+    /// (`--unsquash`: husk waits, to remove the extracted image after).
+    pub end_with_parent: bool,
 }
 
 impl Request {

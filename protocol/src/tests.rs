@@ -30,6 +30,7 @@ fn sample() -> Request {
         fresh_home: None,
         minimal_dev: false,
         no_init: false,
+        end_with_parent: false,
     }
 }
 
@@ -178,6 +179,7 @@ prop_compose! {
             fresh_home,
             minimal_dev: contain.1,
             no_init: contain.0 && contain.1,
+            end_with_parent: contain.1,
         }
     }
 }

@@ -15,6 +15,10 @@ pub struct Caller {
     /// The directory husk was started in (`st_dev`, `st_ino`), if it could
     /// be looked at: the one bind `user bind control = no` still allows.
     pub cwd: Option<(u64, u64)>,
+    /// The process that started the starter.
+    pub ppid: libc::pid_t,
+    /// The request's `end_with_parent`.
+    pub end_with_parent: bool,
     /// Started with root's powers (setuid root, or by root itself); false
     /// for a starter installed without the setuid bit.
     pub privileged: bool,
@@ -55,7 +59,19 @@ pub fn sanitize() -> Result<Caller> {
     sys::set_no_new_privs().ctx(|| "set no_new_privs".into())?;
     sys::set_not_dumpable().ctx(|| "set not dumpable".into())?;
     let privileged = setuid || root;
-    Ok(Caller { uid: ruid, gid: rgid, groups, umask, signals, cwd, privileged, userns: false })
+    let ppid = sys::getppid();
+    Ok(Caller {
+        uid: ruid,
+        gid: rgid,
+        groups,
+        umask,
+        signals,
+        cwd,
+        ppid,
+        end_with_parent: false,
+        privileged,
+        userns: false,
+    })
 }
 
 /// Run `f` with the caller's filesystem uid and gid and no effective

@@ -30,6 +30,7 @@ fn run() -> Result<Infallible> {
     let mut caller = entry::sanitize()?;
     // 2. the request: bounded read, strict decode, field validation
     let req = read_request()?;
+    caller.end_with_parent = req.end_with_parent;
     // 3. the admin config and the policy it sets
     let conf = config::load((!caller.privileged).then_some(caller.uid))?;
     let user_ns = choose_user_ns(&req, &conf, &caller)?;
@@ -57,7 +58,10 @@ fn run() -> Result<Infallible> {
     } else if userns::helper_running() {
         // squashfuse serves the image: the starter stays, to end it when
         // the container ends.
-        pidns::supervise()?;
+        pidns::supervise(&caller)?;
+    } else {
+        // The starter itself becomes the payload.
+        pidns::tie_to_parent(&caller)?;
     }
     if req.namespaces.pid && !req.no_init {
         pidns::init(&req, &caller)

@@ -28,6 +28,11 @@ const PROCFS: &CStr = c"/tmp/t-proc";
 /// through a filesystem they control) is never followed.
 const OVERLAY_OPTS: &CStr =
     c"lowerdir=/tmp/lower,upperdir=/tmp/upper,workdir=/tmp/work,redirect_dir=nofollow,metacopy=off,index=off";
+/// The same in a user namespace, where overlayfs keeps its attributes in
+/// `user.` extended attributes (it may not write `trusted.` ones, and says
+/// so in the kernel log at every mount otherwise).
+const OVERLAY_OPTS_USERNS: &CStr =
+    c"lowerdir=/tmp/lower,upperdir=/tmp/upper,workdir=/tmp/work,redirect_dir=nofollow,metacopy=off,index=off,userxattr";
 
 const MAX_IDENTITY_FILE: u64 = 1 << 20;
 
@@ -196,7 +201,7 @@ pub fn build(req: &Request, caller: &Caller, objs: Objects, conf: &Config) -> Re
         ROOT,
         Some(c"overlay"),
         libc::MS_NOSUID | libc::MS_NODEV,
-        Some(OVERLAY_OPTS),
+        Some(if caller.userns { OVERLAY_OPTS_USERNS } else { OVERLAY_OPTS }),
     )
     .ctx(|| "mount container root overlay".into())?;
     let root = sys::open(ROOT, libc::O_PATH | libc::O_DIRECTORY).ctx(|| "open root".into())?;

@@ -43,14 +43,24 @@ pub fn enter(caller: &Caller) -> Result<()> {
     let _alive = sys::move_fd(alive_w, 3).ctx(|| "keep pipe".into())?;
     sys::close_from(4).ctx(|| "close fds".into())?;
     privs::drop_for_good(caller)?;
-    sys::exit(crate::userns::finish(relay(child, false)))
+    tie_to_parent(caller)?;
+    end_as(crate::userns::finish(relay(child, false)))
+}
+
+/// Exit with the container's status; ended by a signal, it looks the same
+/// from outside (the caller's shell stops a loop on ^C, say).
+fn end_as(code: i32) -> ! {
+    if let Some(sig) = code.checked_sub(128).filter(|s| QUIET_SIGNALS.contains(s)) {
+        sys::die_of(sig);
+    }
+    sys::exit(code)
 }
 
 /// Without a PID namespace, when a helper serves the image: the payload
 /// runs in a child, and the starter (dropped already) relays signals to
 /// it, then ends the helper and exits with the payload's status. Only the
 /// child returns.
-pub fn supervise() -> Result<()> {
+pub fn supervise(caller: &Caller) -> Result<()> {
     sys::block_all_signals().ctx(|| "block signals".into())?;
     let parent = sys::getpid();
     let child = sys::fork().ctx(|| "fork the payload".into())?;
@@ -62,12 +72,22 @@ pub fn supervise() -> Result<()> {
         return Ok(());
     }
     sys::close_from(3).ctx(|| "close fds".into())?;
-    let code = crate::userns::finish(relay(child, false));
-    // Ended by a signal, the payload's end looks the same from outside.
-    if let Some(sig) = code.checked_sub(128).filter(|s| QUIET_SIGNALS.contains(s)) {
-        sys::die_of(sig);
+    tie_to_parent(caller)?;
+    end_as(crate::userns::finish(relay(child, false)))
+}
+
+/// With `end_with_parent` (set by the starter's caller in the request):
+/// after the drop, the process the container hangs on ends when the one
+/// that started the starter does (which must still be there).
+pub fn tie_to_parent(caller: &Caller) -> Result<()> {
+    if !caller.end_with_parent {
+        return Ok(());
     }
-    sys::exit(code)
+    sys::set_parent_death_signal(libc::SIGKILL).ctx(|| "set parent death signal".into())?;
+    if sys::getppid() != caller.ppid {
+        return Err(Error::new("the process that started husk-starter has ended"));
+    }
+    Ok(())
 }
 
 /// Signals whose default action ends a process without a core dump.

@@ -15,13 +15,21 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 
 /// Where the helpers may be; the first that exists is used. Fixed, as the
-/// starter reads no environment. `squashfuse_ll` is the faster one.
-const HELPERS: &[&CStr] = &[
-    c"/usr/bin/squashfuse_ll",
-    c"/usr/bin/squashfuse",
-    c"/usr/local/bin/squashfuse_ll",
-    c"/usr/local/bin/squashfuse",
-];
+/// starter reads no environment: the system's, then the `bin` of the prefix
+/// husk was installed into (set at build time by `packaging/install.sh`),
+/// where a user's own install may have its own. `squashfuse_ll` is the
+/// faster one.
+fn helpers() -> Vec<CString> {
+    let mut dirs = vec!["/usr/bin".to_string(), "/usr/local/bin".to_string()];
+    if let Some(prefix) = option_env!("HUSK_PREFIX") {
+        dirs.push(format!("{prefix}/bin"));
+    }
+    let names = ["squashfuse_ll", "squashfuse"];
+    dirs.iter()
+        .flat_map(|d| names.iter().map(move |n| format!("{d}/{n}")))
+        .filter_map(|p| CString::new(p).ok())
+        .collect()
+}
 
 /// The squashfuse process serving the image, if one was started.
 static HELPER: AtomicI32 = AtomicI32::new(0);
@@ -82,7 +90,8 @@ fn unavailable(e: std::io::Error) -> Error {
 /// starter mounts the FUSE filesystem itself (it may, in its namespace) and
 /// hands the helper the connection and the image as open fds.
 pub fn attach_squashfuse(img: &Image, at: &CStr, caller: &Caller) -> Result<()> {
-    let helper = HELPERS
+    let helpers = helpers();
+    let helper = helpers
         .iter()
         .find(|p| {
             let f = sys::open(p, libc::O_PATH).and_then(|fd| sys::fstat(fd.as_fd()));
@@ -93,7 +102,8 @@ pub fn attach_squashfuse(img: &Image, at: &CStr, caller: &Caller) -> Result<()> 
                 "squashfuse is not installed (install the squashfuse package): in user \
                  namespace mode SIF and squashfs images need it, or run with --unsquash",
             )
-        })?;
+        })?
+        .as_c_str();
     let fuse = sys::open(c"/dev/fuse", libc::O_RDWR).map_err(|e| {
         Error::new(format!(
             "open /dev/fuse: {} (in user namespace mode SIF and squashfs images need FUSE; \
@@ -135,10 +145,10 @@ pub fn attach_squashfuse(img: &Image, at: &CStr, caller: &Caller) -> Result<()> 
     drop(fuse);
     // The first request waits until squashfuse has read the image.
     let root = sys::open(at, libc::O_PATH | libc::O_DIRECTORY).ctx(|| "open FUSE root".into());
-    if let Err(e) = root.and_then(|r| sys::fstat(r.as_fd()).ctx(|| "stat FUSE root".into())) {
+    if root.and_then(|r| sys::fstat(r.as_fd()).ctx(|| "stat FUSE root".into())).is_err() {
         finish(0);
         return Err(Error::new(format!(
-            "image {}: squashfuse could not serve it ({e})",
+            "image {}: squashfuse could not read it (a damaged or truncated squashfs?)",
             show(&img_path(img))
         )));
     }
@@ -170,6 +180,11 @@ fn start_helper(
         let i = sys::dup_above(img.fd.as_fd(), 10)?;
         sys::dup_inheritable(f, 3)?;
         sys::dup_inheritable(i, 4)?;
+        // Its own words would make a second line: husk says what failed.
+        let null = sys::open(c"/dev/null", libc::O_RDWR)?;
+        for n in 0..3 {
+            sys::dup_inheritable(null.as_raw_fd(), n)?;
+        }
         sys::close_from(5)?;
         sys::unblock_all_signals()?;
         Ok(sys::execve(helper, argv, &[]))

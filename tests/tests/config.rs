@@ -380,7 +380,14 @@ fn a_root_only_config_leaves_nothing_in_the_dumpable_starter() {
     let Some(img) = image(Kind::Sif) else { return };
     let _r = edit();
     let token = format!("HUSK-SECRET-{}", std::process::id());
-    write_conf(&format!("# {token}\nallow setuid = yes\n"));
+    // The installed config (a few KiB, as a site's would be) with the token.
+    let text = String::from_utf8_lossy(&_r.saved).into_owned();
+    // (Throughout it: the allocator reuses parts of what was freed.)
+    write_conf(&format!(
+        "{}{text}\n{}",
+        format!("# {token}\n").repeat(100),
+        format!("# {token}\n").repeat(100)
+    ));
     sh(&format!("chmod 600 {}", conf().display()));
     let mut child =
         husk(&["exec", "-u", &img.to_string_lossy(), "sleep", "20"]).command().spawn().unwrap();

@@ -619,9 +619,11 @@ fn the_image_is_read_only_wherever_it_shows() {
     let e = env().unwrap();
     let src = e.work.join("ro-bind-src");
     sh(&format!("mkdir -p {0} && chmod 755 {0}", src.display()));
-    let bind = format!("{}:/newtop/inner", src.display());
+    // A mount point in an image directory (root's): in a user namespace
+    // /usr becomes a mirror.
+    let bind = format!("{}:/usr/husk-new/inner", src.display());
     let script = "cat /proc/self/mountinfo; touch /bin/husk-x 2>/dev/null && echo wrote-bin; \
-                  touch /newtop/husk-x 2>/dev/null && echo wrote-top; true";
+                  touch /usr/husk-x /usr/bin/husk-x 2>/dev/null && echo wrote-usr; true";
     let r = husk(&["exec", "-B", &bind, &img, "sh", "-c", script]).run();
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(!r.stdout.contains("wrote"), "{}", r.stdout);

@@ -299,3 +299,101 @@ fn a_directory_with_mounts_inside_is_refused_in_a_user_namespace_too() {
     sh(&format!("umount {}/hidden", d.display()));
     assert_one_line_error(&r, "mount points inside it");
 }
+
+fn unsquash_dirs() -> Vec<String> {
+    let out = sh("ls /tmp | grep '^husk-unsquash-' || true");
+    out.lines().map(str::to_string).collect()
+}
+
+fn user_procs_matching(pat: &str) -> String {
+    let e = env().unwrap();
+    sh(&format!("pgrep -u {} -a -f '{pat}' || true", e.uid)).trim().to_string()
+}
+
+/// `--unsquash`: an image with a device node extracts (the node left out,
+/// with a warning); killing husk ends the container too, and the next run
+/// removes what was extracted; interrupting the extraction stops it and
+/// removes what it wrote.
+#[test]
+fn unsquash_cleans_up_whatever_ends_it() {
+    let Some(e) = env() else { return };
+    if e.userns {
+        return;
+    }
+    let Some(sif) = image(Kind::Sif) else { return };
+    let sif = sif.to_string_lossy().into_owned();
+    let _l = unpriv_lock();
+    // A device node, which only root can make.
+    let d = e.work.join("devimg");
+    sh(&format!(
+        "rm -rf {0} {0}.sqfs && mkdir -p {0}/dev {0}/bin && mknod {0}/dev/null c 1 3 && \
+         cp {1} {0}/bin/ && mksquashfs {0} {0}.sqfs -quiet -noappend >/dev/null && chmod 644 {0}.sqfs",
+        d.display(),
+        "/bin/busybox"
+    ));
+    let img = format!("{}.sqfs", d.display());
+    let r = husk(&["exec", "--unsquash", &img, "/bin/busybox", "ls", "/bin"]).run();
+    assert_eq!((r.code, r.stdout.as_str()), (0, "busybox\n"), "{}", r.stderr);
+    assert!(r.stderr.contains("1 device node(s) of the image left out"), "{}", r.stderr);
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    assert_eq!(unsquash_dirs(), Vec::<String>::new());
+
+    // husk killed while the container runs: the container ends with it.
+    let marker = e.home.join(".husk-unsquash-started");
+    let _ = std::fs::remove_file(&marker);
+    let script = format!("touch {}; exec sleep 37", marker.display());
+    for flags in [&[][..], &["-p"][..]] {
+        let mut args = vec!["exec", "--unsquash"];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&[&sif, "sh", "-c", &script]);
+        let mut child = husk(&args).command().spawn().unwrap();
+        for _ in 0..100 {
+            if marker.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert!(marker.exists(), "{flags:?}: the container did not start");
+        sh(&format!("kill -KILL {}", child.id()));
+        let _ = child.wait();
+        let _ = std::fs::remove_file(&marker);
+        for _ in 0..50 {
+            if user_procs_matching("sleep 37").is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert_eq!(user_procs_matching("sleep 37"), "", "{flags:?}: the container outlived husk");
+    }
+    // What the killed husk extracted goes with the next --unsquash run.
+    assert!(!unsquash_dirs().is_empty(), "the killed run's extraction should still be there");
+    let r = husk(&["exec", "--unsquash", &sif, "true"]).run();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(unsquash_dirs(), Vec::<String>::new());
+
+    // Interrupted while it extracts (many files take a while).
+    let many = e.work.join("manyfiles");
+    sh(&format!(
+        "rm -rf {0} {0}.sqfs && mkdir -p {0}/bin && cp /bin/busybox {0}/bin/ && \
+         for i in $(seq 0 39); do mkdir {0}/d$i; (cd {0}/d$i && seq 1 1000 | xargs touch); done && \
+         mksquashfs {0} {0}.sqfs -quiet -noappend >/dev/null && chmod 644 {0}.sqfs && rm -rf {0}",
+        many.display()
+    ));
+    let img = format!("{}.sqfs", many.display());
+    for sig in ["TERM", "INT"] {
+        let mut child =
+            husk(&["exec", "--unsquash", &img, "/bin/busybox", "true"]).command().spawn().unwrap();
+        for _ in 0..200 {
+            if !user_procs_matching("unsquashfs").is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(!user_procs_matching("unsquashfs").is_empty(), "{sig}: no extraction seen");
+        sh(&format!("kill -{sig} {}", child.id()));
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "{sig}: husk went on");
+        assert_eq!(user_procs_matching("unsquashfs"), "", "{sig}: unsquashfs left running");
+        assert_eq!(unsquash_dirs(), Vec::<String>::new(), "{sig}: extraction left");
+    }
+}

@@ -327,6 +327,7 @@ pub fn valid_request(argv: &[&str]) -> husk_protocol::Request {
         fresh_home: None,
         minimal_dev: false,
         no_init: false,
+        end_with_parent: false,
     }
 }
 
