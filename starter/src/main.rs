@@ -89,7 +89,7 @@ fn choose_user_ns(
     let why = if req.namespaces.user {
         "--userns"
     } else if !caller.privileged {
-        "husk-starter is not setuid root, so user namespace mode"
+        "user namespace mode (this husk-starter is not setuid root)"
     } else if caller.uid != 0 && !conf.allow_setuid {
         if !conf.allow_user_ns {
             return Err(Error::new(format!(
