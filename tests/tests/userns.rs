@@ -146,7 +146,10 @@ fn unprivileged_install_obeys_allow_user_namespaces() {
     std::fs::write(&conf, "allow user namespaces = no\n").unwrap();
     let r = unpriv_husk(&["exec", &img.to_string_lossy(), "true"]).run();
     std::fs::write(&conf, saved).unwrap();
-    assert_one_line_error(&r, "user namespace mode (this husk-starter is not setuid root): not allowed");
+    assert_one_line_error(
+        &r,
+        "user namespace mode (this husk-starter is not setuid root): not allowed",
+    );
 }
 
 /// The Rust toolchain, bound where the test user can reach it (root's home
