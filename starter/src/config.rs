@@ -111,7 +111,7 @@ fn check_trusted(fd: BorrowedFd<'_>, what: &str, user: Option<u32>) -> Result<sy
 
 /// Open the config through root-owned, non-writable directories only, with
 /// no symlink anywhere on the way.
-fn open_trusted(path: &str, user: Option<u32>) -> Result<OwnedFd> {
+pub fn open_trusted(path: &str, user: Option<u32>) -> Result<OwnedFd> {
     let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
     let Some((file, dirs)) = comps.split_last() else {
         return Err(Error::new("config path is empty"));

@@ -19,6 +19,10 @@ pub struct Caller {
     pub ppid: libc::pid_t,
     /// The request's `end_with_parent`.
     pub end_with_parent: bool,
+    /// Whose files, besides root's, the starter may trust (its config, its
+    /// helper): the caller's, for a starter without the setuid bit, which
+    /// has the caller's rights only. Fixed at entry.
+    pub trusted_user: Option<u32>,
     /// Started with root's powers (setuid root, or by root itself); false
     /// for a starter installed without the setuid bit.
     pub privileged: bool,
@@ -69,6 +73,7 @@ pub fn sanitize() -> Result<Caller> {
         cwd,
         ppid,
         end_with_parent: false,
+        trusted_user: (!privileged).then_some(ruid),
         privileged,
         userns: false,
     })

@@ -32,7 +32,7 @@ fn run() -> Result<Infallible> {
     let req = read_request()?;
     caller.end_with_parent = req.end_with_parent;
     // 3. the admin config and the policy it sets
-    let conf = config::load((!caller.privileged).then_some(caller.uid))?;
+    let conf = config::load(caller.trusted_user)?;
     let user_ns = choose_user_ns(&req, &conf, &caller)?;
     check_policy(&req, &conf)?;
     let mut checked = None;

@@ -182,7 +182,7 @@ pub fn build(req: &Request, caller: &Caller, objs: Objects, conf: &Config) -> Re
         // From here on, the namespace's PID 1 builds the container. (Not
         // before the probe above: a copy of its fd in the starter would
         // make it look busy.)
-        crate::pidns::enter(caller)?;
+        crate::pidns::enter(caller, req.no_init)?;
     }
     if let Some(name) = &req.hostname {
         sys::sethostname(name).ctx(|| "set the host name".into())?;
@@ -756,8 +756,10 @@ impl Tree<'_> {
 
     /// Did the kernel refuse to copy up a directory of unmapped owner?
     fn unmapped(&self, e: &std::io::Error) -> bool {
-        // (EACCES when the directory's unmapped owner alone may write it.)
-        self.caller.userns && matches!(e.raw_os_error(), Some(libc::EOVERFLOW | libc::EACCES))
+        // (EACCES when the directory's unmapped owner alone may write it;
+        // EROFS in a read-only bind of an earlier mirror.)
+        self.caller.userns
+            && matches!(e.raw_os_error(), Some(libc::EOVERFLOW | libc::EACCES | libc::EROFS))
     }
 
     /// [`Tree::mirror`] the directory `cur`, reached through `trail`.

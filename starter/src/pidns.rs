@@ -16,7 +16,7 @@ use std::sync::Mutex;
 /// Fork into the PID namespace that `unshare(CLONE_NEWPID)` prepared. Only
 /// the child (its PID 1) returns; the starter drops and relays until the
 /// child ends, then exits with its status.
-pub fn enter(caller: &Caller) -> Result<()> {
+pub fn enter(caller: &Caller, no_init: bool) -> Result<()> {
     // Blocked from here: signals wait for `relay` (or, in the payload, are
     // restored to the caller's mask before exec).
     sys::block_all_signals().ctx(|| "block signals".into())?;
@@ -44,7 +44,7 @@ pub fn enter(caller: &Caller) -> Result<()> {
     sys::close_from(4).ctx(|| "close fds".into())?;
     privs::drop_for_good(caller)?;
     tie_to_parent(caller)?;
-    end_as(crate::userns::finish(relay(child, false)))
+    end_as(crate::userns::finish(relay(child, false, no_init)))
 }
 
 /// Exit with the container's status; ended by a signal, it looks the same
@@ -73,7 +73,7 @@ pub fn supervise(caller: &Caller) -> Result<()> {
     }
     sys::close_from(3).ctx(|| "close fds".into())?;
     tie_to_parent(caller)?;
-    end_as(crate::userns::finish(relay(child, false)))
+    end_as(crate::userns::finish(relay(child, false, false)))
 }
 
 /// With `end_with_parent` (set by the starter's caller in the request):
@@ -144,14 +144,17 @@ pub fn init(req: &Request, caller: &Caller) -> Result<Infallible> {
     if payload == 0 {
         return payload::exec(req, caller);
     }
-    sys::exit(relay(payload, true))
+    sys::exit(relay(payload, true, false))
 }
 
 /// Wait for `child`, passing on every signal a process sends to us (those
 /// the terminal sends to the whole process group reach the child already);
 /// with `reap_all`, reap every other child that ends meanwhile. The
 /// child's status, as an exit code.
-fn relay(child: libc::pid_t, reap_all: bool) -> i32 {
+/// With `first_in_ns`, the child is a PID namespace's first process that
+/// runs the payload itself (`--no-init`): it ignores the terminal's stop
+/// signals, so a ^Z stops it with SIGSTOP.
+fn relay(child: libc::pid_t, reap_all: bool, first_in_ns: bool) -> i32 {
     // Signals the child may not be sent yet (it is root until its drop),
     // tried again every 10 ms until it may.
     let mut held: Vec<libc::c_int> = Vec::new();
@@ -169,11 +172,13 @@ fn relay(child: libc::pid_t, reap_all: bool) -> i32 {
             // Job control: ^Z stopped the container (the terminal signals
             // its whole process group); the starter stops too, so that the
             // shell sees a stopped job, and `fg` continues them both. (Not
-            // PID 1, which cannot stop.) A stop sent to the starter alone
-            // goes on to the container first.
+            // husk's init, which cannot stop itself.) A stop sent to the
+            // starter alone goes on to the container first.
             Some((sig @ (libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU), sent)) if !reap_all => {
                 if sent {
                     sys::kill(child, sig);
+                } else if first_in_ns {
+                    sys::kill(child, libc::SIGSTOP);
                 }
                 sys::stop_self();
             }

@@ -90,17 +90,24 @@ fn unavailable(e: std::io::Error) -> Error {
 /// starter mounts the FUSE filesystem itself (it may, in its namespace) and
 /// hands the helper the connection and the image as open fds.
 pub fn attach_squashfuse(img: &Image, at: &CStr, caller: &Caller) -> Result<()> {
+    // It serves the caller's container: like the config, it and every
+    // directory above it must be root's (or, for a starter without the
+    // setuid bit, the caller's) and writable by no one else.
     let helpers = helpers();
     let helper = helpers
         .iter()
         .find(|p| {
-            let f = sys::open(p, libc::O_PATH).and_then(|fd| sys::fstat(fd.as_fd()));
+            let Ok(path) = p.to_str() else { return false };
+            let f = crate::config::open_trusted(path, caller.trusted_user)
+                .and_then(|fd| sys::fstat(fd.as_fd()).ctx(|| "helper".into()));
             f.is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_mode & 0o111 != 0)
         })
         .ok_or_else(|| {
             Error::new(
                 "squashfuse is not installed (install the squashfuse package): in user \
-                 namespace mode SIF and squashfs images need it, or run with --unsquash",
+                 namespace mode SIF and squashfs images need it, or run with --unsquash \
+                 (husk looks in /usr/bin, /usr/local/bin and its prefix's bin, at files \
+                 that only root can change)",
             )
         })?
         .as_c_str();

@@ -578,7 +578,7 @@ fn ctrl_z_stops_the_job_and_fg_continues_it() {
     let husk_bin = env().unwrap().prefix.join("bin/husk");
     let script = r#"
 import os, pty, sys, time, select
-husk, img, flag = sys.argv[1], sys.argv[2], sys.argv[3]
+husk, img, flags, marker = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 pid, fd = pty.fork()
 if pid == 0:
     os.execvp("bash", ["bash", "--norc", "--noprofile", "-i"])
@@ -594,20 +594,36 @@ def expect(what, secs):
             except OSError:
                 break
     return what in seen
-os.write(fd, f"{husk} exec {flag} {img} sleep 2\n".encode())
-time.sleep(1.0)
+os.write(fd, f"{husk} exec {flags} {img} sh -c 'sleep 1.5; touch {marker}'\n".encode())
+time.sleep(0.7)
 os.write(fd, b"\x1a")
 stopped = expect(b"Stopped", 5)
+# Stopped means stopped: the command does not go on meanwhile.
+time.sleep(2.5)
+held = not os.path.exists(marker)
 # bash reads the second line once `fg` has waited for the job to end.
 os.write(fd, b"fg\necho RC$?\n")
 done = expect(b"RC0", 15)
 os.write(fd, b"exit\n")
-print("stopped" if stopped else "not stopped", "done" if done else "not done")
+print("stopped" if stopped else "not stopped", "held" if held else "ran on",
+      "done" if done and os.path.exists(marker) else "not done")
 "#;
-    for flag in ["-p", "--no-home"] {
-        let r = as_user(&["python3", "-c", script, &husk_bin.to_string_lossy(), &img, flag]).run();
-        assert_eq!(r.stdout.trim(), "stopped done", "{flag}: {}", r.stderr);
+    let marker = env().unwrap().home.join(".husk-ctrl-z");
+    for flags in ["-p", "--no-home", "-p --no-init"] {
+        let _ = std::fs::remove_file(&marker);
+        let r = as_user(&[
+            "python3",
+            "-c",
+            script,
+            &husk_bin.to_string_lossy(),
+            &img,
+            flags,
+            &marker.to_string_lossy(),
+        ])
+        .run();
+        assert_eq!(r.stdout.trim(), "stopped held done", "{flags}: {}", r.stderr);
     }
+    let _ = std::fs::remove_file(&marker);
 }
 
 /// Every mount of the image is read-only, however husk had to make mount
@@ -638,4 +654,31 @@ fn the_image_is_read_only_wherever_it_shows() {
         }
     }
     assert!(image_mounts > 0, "no image mount found:\n{}", r.stdout);
+}
+
+/// A second mount point below an image directory that an earlier one made
+/// husk cover (in a user namespace: a mirror, whose binds are read-only).
+#[test]
+fn binds_nest_under_each_other_in_image_directories() {
+    let Some(img) = fixture() else { return };
+    let e = env().unwrap();
+    let (a, b) = (e.work.join("nest-a"), e.work.join("nest-b"));
+    sh(&format!(
+        "mkdir -p {0} {1} && echo A > {0}/f && echo B > {1}/f && chmod -R a+rX {0} {1}",
+        a.display(),
+        b.display()
+    ));
+    let r = husk(&[
+        "exec",
+        "-B",
+        &format!("{}:/usr/husk-a", a.display()),
+        "-B",
+        &format!("{}:/usr/bin/husk-b", b.display()),
+        &img,
+        "cat",
+        "/usr/husk-a/f",
+        "/usr/bin/husk-b/f",
+    ])
+    .run();
+    assert_eq!((r.code, r.stdout.as_str()), (0, "A\nB\n"), "{}", r.stderr);
 }

@@ -400,3 +400,41 @@ fn unsquash_cleans_up_whatever_ends_it() {
         assert_eq!(unsquash_dirs(), Vec::<String>::new(), "{sig}: extraction left");
     }
 }
+
+/// squashfuse serves every caller's container: the setuid starter runs one
+/// only from where no one but root can change it; a starter without the
+/// setuid bit (the caller's own rights) also from the caller's own places.
+#[test]
+fn squashfuse_only_from_trusted_places() {
+    let Some(e) = env() else { return };
+    if e.userns {
+        return;
+    }
+    let Some(p) = unpriv_prefix() else { return };
+    let _l = unpriv_lock();
+    let Some(img) = image(Kind::Sif) else { return };
+    // In a mount namespace of the test's: the system's squashfuse hidden,
+    // and one in a /usr/local/bin that the test user owns.
+    let run = |husk_bin: &std::path::Path| {
+        let script = format!(
+            "mount -t tmpfs -o mode=755,uid={uid} husk-test /usr/local/bin && \
+             cp /usr/bin/squashfuse_ll /usr/local/bin/ && \
+             for f in /usr/bin/squashfuse /usr/bin/squashfuse_ll; do [ -e $f ] && mount --bind /dev/null $f; done; \
+             exec setpriv --reuid={uid} --regid={gid} --init-groups env -i HOME={home} {husk} exec -u {img} true",
+            uid = e.uid,
+            gid = e.gid,
+            home = e.home.display(),
+            husk = husk_bin.display(),
+            img = img.display()
+        );
+        let out = std::process::Command::new("unshare")
+            .args(["-m", "sh", "-c", &script])
+            .output()
+            .unwrap();
+        Run::from(out)
+    };
+    let r = run(&e.prefix.join("bin/husk"));
+    assert_one_line_error(&r, "squashfuse is not installed");
+    let r = run(&p.join("bin/husk"));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}

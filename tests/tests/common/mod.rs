@@ -144,7 +144,7 @@ pub struct Run {
 }
 
 impl Run {
-    fn from(out: Output) -> Run {
+    pub fn from(out: Output) -> Run {
         use std::os::unix::process::ExitStatusExt;
         let code = out.status.code().unwrap_or_else(|| 128 + out.status.signal().unwrap_or(0));
         Run {
