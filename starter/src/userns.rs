@@ -11,8 +11,10 @@ use crate::objects::Image;
 use crate::sys;
 use std::ffi::{CStr, CString};
 use std::io::Write;
+use std::os::fd::OwnedFd;
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Mutex;
 
 /// Where the helpers may be; the first that exists is used. Fixed, as the
 /// starter reads no environment: the system's, then the `bin` of the prefix
@@ -33,10 +35,27 @@ fn helpers() -> Vec<CString> {
 
 /// The squashfuse process serving the image, if one was started.
 static HELPER: AtomicI32 = AtomicI32::new(0);
+/// The squashfuse binary, opened before the user namespace exists (inside
+/// it, root's files and any other user's all show as the overflow uid, so
+/// trust could not be told there).
+static HELPER_FILE: Mutex<Option<(CString, OwnedFd)>> = Mutex::new(None);
+
+/// The first squashfuse in [`helpers`] that the starter trusts as it trusts
+/// its config: it serves the caller's container, so it and every directory
+/// above it must be root's (or, for a starter without the setuid bit, the
+/// caller's) and writable by no one else.
+fn find_helper(caller: &Caller) -> Option<(CString, OwnedFd)> {
+    helpers().into_iter().find_map(|p| {
+        let fd = crate::config::open_trusted(p.to_str().ok()?, caller.trusted_user).ok()?;
+        let st = sys::fstat(fd.as_fd()).ok()?;
+        (st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_mode & 0o111 != 0).then_some((p, fd))
+    })
+}
 
 /// Make a user namespace mapping the caller to themselves, then a private
 /// mount namespace in it. Called with no privileges at all.
 pub fn enter(caller: &mut Caller) -> Result<()> {
+    *HELPER_FILE.lock().unwrap_or_else(|e| e.into_inner()) = find_helper(caller);
     // The kernel lets a process write its own maps only while it is
     // dumpable; it holds nothing of anyone else's.
     sys::set_dumpable().ctx(|| "set dumpable".into())?;
@@ -90,27 +109,15 @@ fn unavailable(e: std::io::Error) -> Error {
 /// starter mounts the FUSE filesystem itself (it may, in its namespace) and
 /// hands the helper the connection and the image as open fds.
 pub fn attach_squashfuse(img: &Image, at: &CStr, caller: &Caller) -> Result<()> {
-    // It serves the caller's container: like the config, it and every
-    // directory above it must be root's (or, for a starter without the
-    // setuid bit, the caller's) and writable by no one else.
-    let helpers = helpers();
-    let helper = helpers
-        .iter()
-        .find(|p| {
-            let Ok(path) = p.to_str() else { return false };
-            let f = crate::config::open_trusted(path, caller.trusted_user)
-                .and_then(|fd| sys::fstat(fd.as_fd()).ctx(|| "helper".into()));
-            f.is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_mode & 0o111 != 0)
-        })
-        .ok_or_else(|| {
+    let (helper_path, helper) =
+        HELPER_FILE.lock().unwrap_or_else(|e| e.into_inner()).take().ok_or_else(|| {
             Error::new(
                 "squashfuse is not installed (install the squashfuse package): in user \
                  namespace mode SIF and squashfs images need it, or run with --unsquash \
                  (husk looks in /usr/bin, /usr/local/bin and its prefix's bin, at files \
                  that only root can change)",
             )
-        })?
-        .as_c_str();
+        })?;
     let fuse = sys::open(c"/dev/fuse", libc::O_RDWR).map_err(|e| {
         Error::new(format!(
             "open /dev/fuse: {} (in user namespace mode SIF and squashfs images need FUSE; \
@@ -142,10 +149,11 @@ pub fn attach_squashfuse(img: &Image, at: &CStr, caller: &Caller) -> Result<()> 
     let parent = sys::getpid();
     let pid = sys::fork().ctx(|| "fork squashfuse".into())?;
     if pid == 0 {
-        let e = start_helper(helper, &argv, parent, &fuse, img);
-        let _ = writeln!(std::io::stderr(), "husk: start {}: {e}", helper.to_string_lossy());
+        let e = start_helper((&helper_path, helper), &argv, parent, &fuse, img);
+        let _ = writeln!(std::io::stderr(), "husk: start squashfuse: {e}");
         sys::exit(127);
     }
+    drop(helper);
     HELPER.store(pid, Ordering::Relaxed);
     // The helper alone holds the connection now: should it end, every
     // request fails rather than waits.
@@ -171,7 +179,7 @@ fn img_path(img: &Image) -> Vec<u8> {
 /// group (a ^C is for the container, not for what serves its files); then
 /// exec. Returns only on failure.
 fn start_helper(
-    helper: &CStr,
+    (path, helper): (&CStr, OwnedFd),
     argv: &[CString],
     parent: libc::pid_t,
     fuse: &std::os::fd::OwnedFd,
@@ -183,6 +191,14 @@ fn start_helper(
             return Ok(std::io::Error::other("the starter ended"));
         }
         sys::setsid()?;
+        // Its name (for ps and the like) still leads to the very file
+        // checked: every directory on the way is root's, or the caller's.
+        let now = sys::open(path, libc::O_PATH).and_then(|fd| sys::fstat(fd.as_fd()))?;
+        let then = sys::fstat(helper.as_fd())?;
+        if (now.st_dev, now.st_ino) != (then.st_dev, then.st_ino) {
+            return Ok(std::io::Error::other("squashfuse changed"));
+        }
+        drop(helper);
         let f = sys::dup_above(fuse.as_fd(), 10)?;
         let i = sys::dup_above(img.fd.as_fd(), 10)?;
         sys::dup_inheritable(f, 3)?;
@@ -194,7 +210,7 @@ fn start_helper(
         }
         sys::close_from(5)?;
         sys::unblock_all_signals()?;
-        Ok(sys::execve(helper, argv, &[]))
+        Ok(sys::execve(path, argv, &[]))
     };
     run().unwrap_or_else(|e| e)
 }
