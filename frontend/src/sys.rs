@@ -136,6 +136,32 @@ pub fn exec(path: &CStr, argv: &[CString]) -> io::Error {
     io::Error::last_os_error()
 }
 
+/// Lock `f` exclusively (flock); with `wait` false, fail at once if another
+/// holds it. The lock goes with the last fd to it, however the holder ends.
+pub fn lock_file(f: &std::fs::File, wait: bool) -> io::Result<()> {
+    let op = if wait { libc::LOCK_EX } else { libc::LOCK_EX | libc::LOCK_NB };
+    // SAFETY: an fd we own and integer flags.
+    if unsafe { libc::flock(f.as_raw_fd(), op) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Have `cmd`'s process killed when husk ends, however it ends.
+pub fn die_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and only
+    // calls prctl, which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Fork; 0 in the child.
 pub fn fork() -> io::Result<libc::pid_t> {
     // SAFETY: called while the frontend has no other thread that holds a

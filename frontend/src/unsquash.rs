@@ -2,7 +2,7 @@
 //! temporary directory of the caller's, for hosts with neither the setuid
 //! starter's loop devices nor FUSE. The directory is removed when the
 //! container ends; one left by a husk that was killed is removed by the
-//! next `--unsquash` run of the same user.
+//! next `--unsquash` run of the same user (see `sweep`).
 
 use crate::image::ImageInfo;
 use anyhow::{bail, Context, Result};
@@ -15,6 +15,8 @@ use std::process::{Command, Stdio};
 const PREFIX: &str = "husk-unsquash-";
 
 pub struct Unpacked {
+    /// Locked as long as this husk lives (see [`sweep`]).
+    _lock: std::fs::File,
     dir: PathBuf,
     /// `dir/root`, which unsquashfs makes itself.
     root: PathBuf,
@@ -56,7 +58,10 @@ impl Unpacked {
             }
         };
         let root = dir.join("root");
-        let u = Unpacked { dir, root };
+        let lock = std::fs::File::create(dir.join(".lock"))
+            .and_then(|f| crate::sys::lock_file(&f, true).map(|_| f))
+            .with_context(|| format!("--unsquash: lock {}", dir.display()))?;
+        let u = Unpacked { _lock: lock, dir, root };
         let offset = match img.kind {
             ImageKind::Sif { offset, .. } => offset,
             _ => 0,
@@ -67,27 +72,32 @@ impl Unpacked {
         // -ig: a device node, which only root may make, is left out rather
         // than failing the whole extraction (what else failed is told
         // apart below).
-        let child = Command::new(&tool)
-            .args(["-n", "-no-xattrs", "-ig", "-o", &offset.to_string(), "-d"])
+        let mut cmd = Command::new(&tool);
+        cmd.args(["-n", "-no-xattrs", "-ig", "-o", &offset.to_string(), "-d"])
             .arg(u.root())
             .arg(&img.path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("--unsquash: run {}", tool.display()))?;
+            .stderr(Stdio::piped());
+        // Killed, husk takes the extraction with it.
+        crate::sys::die_with_parent(&mut cmd);
+        let child = cmd.spawn().with_context(|| format!("--unsquash: run {}", tool.display()))?;
         // Interrupted now, husk kills it and removes the tree.
         crate::scratch::set_child(child.id());
         let out = child.wait_with_output().context("--unsquash: wait for unsquashfs")?;
         crate::scratch::set_child(0);
+        // Ended by ^C (the terminal signals the whole group) or the like:
+        // husk ends the same way, with nothing left.
+        if let Some(sig) = std::os::unix::process::ExitStatusExt::signal(&out.status) {
+            drop(u);
+            crate::sys::die_of(sig);
+        }
         let err = String::from_utf8_lossy(&out.stderr);
         let devices = err.lines().filter(|l| is_device_error(l)).count();
-        let other: Vec<&str> = err
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !is_device_error(l))
-            .filter(|l| l.contains("FATAL") || l.contains("rror") || l.contains("could not"))
-            .collect();
+        // Anything else it said is an error (a full disk, say): with -ig it
+        // would otherwise only exit 2, as for the device nodes.
+        let other: Vec<&str> =
+            err.lines().map(str::trim).filter(|l| !l.is_empty() && !is_device_error(l)).collect();
         let ok = match out.status.code() {
             Some(0) => true,
             Some(2) => other.is_empty(),
@@ -134,18 +144,23 @@ fn random() -> Result<u64> {
     Ok(u64::from_le_bytes(b))
 }
 
-/// Extractions whose husk is gone (killed): removed, if they are ours.
+/// Extractions whose husk is gone (killed): removed, if they are ours. A
+/// husk holds its extraction's lock while it lives, wherever it runs (in
+/// another PID namespace, on another node sharing this directory); a lock
+/// that can be taken is a husk that has ended. One without a lock file is
+/// still being made.
 fn sweep(base: &Path) {
     let Ok(rd) = std::fs::read_dir(base) else { return };
     let me = crate::sys::ids().0;
     for e in rd.flatten() {
-        let name = e.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(PREFIX)) else { continue };
-        let pid = rest.split('-').next().unwrap_or("");
-        if pid.parse::<u32>().is_err() || Path::new("/proc").join(pid).exists() {
+        if !e.file_name().to_str().is_some_and(|n| n.starts_with(PREFIX)) {
             continue;
         }
-        if e.metadata().is_ok_and(|m| m.uid() == me) {
+        if !e.metadata().is_ok_and(|m| m.uid() == me && m.is_dir()) {
+            continue;
+        }
+        let Ok(lock) = std::fs::File::open(e.path().join(".lock")) else { continue };
+        if crate::sys::lock_file(&lock, false).is_ok() {
             crate::scratch::remove_tree(&e.path());
         }
     }

@@ -374,6 +374,19 @@ fn unsquash_cleans_up_whatever_ends_it() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(unsquash_dirs(), Vec::<String>::new());
 
+    // Where the copy does not fit, husk says so, and runs nothing.
+    let small = e.work.join("small-tmp");
+    sh(&format!(
+        "mkdir -p {0} && mount -t tmpfs -o size=256k,mode=1777 husk-test {0}",
+        small.display()
+    ));
+    let r =
+        husk(&["exec", "--unsquash", &sif, "true"]).env("TMPDIR", &small.to_string_lossy()).run();
+    let left = sh(&format!("ls -A {}", small.display()));
+    sh(&format!("umount {}", small.display()));
+    assert_one_line_error(&r, "No space left on device");
+    assert_eq!(left.trim(), "", "extraction left in a full TMPDIR");
+
     // Interrupted while it extracts (many files take a while).
     let many = e.work.join("manyfiles");
     sh(&format!(
